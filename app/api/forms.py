@@ -1,0 +1,121 @@
+"""The image-to-video form: read it within the size limit, validate every field.
+
+Numbers arrive as form strings ("42", "1.8"). Anything that is not exactly a number in range
+is a 400: "1.5" for an integer is not rounded, "nan", "inf" and "" are refused.
+"""
+from __future__ import annotations
+
+import re
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+
+from app.api.errors import ApiError
+from app.config import Settings
+from app.jobs.service import MAX_SEED, GenerationParams
+from inference.images import ImageError, decode_rgb, probe
+
+_INT_RE = re.compile(r"^\s*\+?\d{1,12}\s*$")
+_FLOAT_RE = re.compile(r"^\s*[+-]?(\d{1,12}(\.\d{0,12})?|\.\d{1,12})([eE][+-]?\d{1,3})?\s*$")
+MAX_FIELDS = 64          # unknown fields are ignored, but not without bound
+MAX_FIELD_BYTES = 64 * 1024
+
+
+def _int_field(value, name: str, lo: int, hi: int, errors: list[str]) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and _INT_RE.match(value) and lo <= int(value) <= hi:
+        return int(value)
+    errors.append(f"{name}: must be an integer between {lo} and {hi}")
+    return None
+
+
+def _float_field(value, name: str, lo: float, hi: float, errors: list[str]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and _FLOAT_RE.match(value) and lo <= float(value) <= hi:
+        return float(value)
+    errors.append(f"{name}: must be a number between {lo:g} and {hi:g}")
+    return None
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The same request, with a body stream that fails once more than `limit` bytes arrive —
+    for chunked bodies too, and before the whole body is ever held in memory."""
+    received = 0
+    receive = request.receive
+
+    async def limited_receive():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise ApiError.payload_too_large(limit)
+        return message
+
+    return Request(request.scope, limited_receive)
+
+
+async def read_form(request: Request, settings: Settings):
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise ApiError.bad_request("content-type: must be multipart/form-data")
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError.payload_too_large(limit)
+    try:
+        return await _limited(request, limit).form(
+            max_files=4, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except MultiPartException as exc:
+        raise ApiError.bad_request(f"body: malformed multipart/form-data ({exc.message})") from None
+    except ClientDisconnect:
+        raise ApiError.bad_request("body: the client disconnected before the body ended") from None
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise ApiError.bad_request(f"body: malformed multipart/form-data ({type(exc).__name__})") from None
+
+
+async def parse_generation(request: Request, settings: Settings) -> GenerationParams:
+    form = await read_form(request, settings)
+    try:
+        errors: list[str] = []
+        seed = _int_field(form.get("seed"), "seed", 0, MAX_SEED, errors)
+        cfg_scale = _float_field(form.get("cfg_scale"), "cfg_scale", 0, 10, errors)
+        motion = _int_field(form.get("motion_bucket_id"), "motion_bucket_id", 1, 255, errors)
+        image_part = form.get("image")
+        data = b""
+        if image_part is None:
+            errors.append("image: is required")
+        elif not isinstance(image_part, UploadFile):
+            errors.append("image: must be sent as a file part")
+        else:
+            data = await image_part.read()
+            if not data:
+                errors.append("image: is empty")
+        if errors:
+            raise ApiError.bad_request(*errors)
+    finally:
+        await form.close()
+    width, height = await _check_image(data, settings)
+    return GenerationParams(
+        image=data, width=width, height=height, seed=seed or 0,
+        cfg_scale=1.8 if cfg_scale is None else cfg_scale,
+        motion_bucket_id=127 if motion is None else motion)
+
+
+async def _check_image(data: bytes, settings: Settings) -> tuple[int, int]:
+    """Format from the bytes, size from the header (nothing decoded yet, so a header that
+    claims 30000x30000 costs nothing), then a full decode off the event loop."""
+    try:
+        info = probe(data)
+        if (info.width, info.height) not in settings.allowed_sizes:
+            allowed = ", ".join(f"{w}x{h}" for w, h in settings.allowed_sizes)
+            raise ImageError(f"dimensions {info.width}x{info.height} are not supported; "
+                             f"use one of {allowed}")
+        await run_in_threadpool(decode_rgb, data, info)
+    except ImageError as exc:
+        raise ApiError.bad_request(f"image: {exc}") from None
+    return info.width, info.height

@@ -1,0 +1,98 @@
+"""The Stability image-to-video endpoints: start a generation, poll for its result."""
+from __future__ import annotations
+
+import base64
+import logging
+import re
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import require_owner
+from app.api.errors import ApiError
+from app.api.forms import parse_generation
+from app.api.schemas import (IMAGE_TO_VIDEO_FORM, AsyncGenerationResponse,
+                             VideoGenerationResponse, error_responses)
+from app.jobs.model import JobState
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+CLIENT_HEADERS = ("stability-client-id", "stability-client-user-id", "stability-client-version")
+JSON_VIDEO = "application/json; type=video/mp4"
+
+
+def wants_json(accept: str | None) -> bool:
+    """JSON when Accept names application/json with no video/ type before it; else the MP4
+    (no Accept, */*, video/*, video/mp4, or anything else — never a 406)."""
+    for part in (accept or "").split(","):
+        media = part.split(";", 1)[0].strip().lower()
+        if media.startswith("video/"):
+            return False
+        if media == "application/json":
+            return True
+    return False
+
+
+async def start(request: Request, owner: str = Depends(require_owner)):
+    settings = request.app.state.settings
+    params = await parse_generation(request, settings)
+    job = await run_in_threadpool(request.app.state.service.submit, owner, params)
+    client = {h: request.headers[h][:256] for h in CLIENT_HEADERS if h in request.headers}
+    log.info("job %s queued: %dx%d seed=%d cfg=%.2f motion=%d%s", job.id, job.width, job.height,
+             job.seed, job.cfg_scale, job.motion_bucket_id,
+             "".join(f" {k}={v!r}" for k, v in client.items()))
+    return JSONResponse({"id": job.id}, status_code=200)
+
+
+async def result(id: str, request: Request, owner: str = Depends(require_owner)):
+    if not JOB_ID_RE.match(id):
+        raise ApiError.generation_not_found()
+    view = await run_in_threadpool(request.app.state.service.find, owner, id)
+    if view is None:
+        raise ApiError.generation_not_found()
+    job = view.job
+    if job.state in (JobState.QUEUED, JobState.RUNNING):
+        return JSONResponse({"id": job.id, "status": "in-progress"}, status_code=202)
+    if job.state == JobState.CANCELLED:
+        raise ApiError.generation_not_found()
+    if job.state == JobState.FAILED:
+        raise ApiError(500, "internal_error", ["generation: the video could not be generated"],
+                       f"Generation failed: {(job.error or 'unknown error')[:200]}")
+    headers = {"finish-reason": job.finish_reason or "SUCCESS", "seed": str(job.seed)}
+    if wants_json(request.headers.get("accept")):
+        data = await run_in_threadpool(view.result_path.read_bytes)
+        body = {"video": base64.b64encode(data).decode("ascii"),
+                "finish_reason": job.finish_reason or "SUCCESS", "seed": job.seed}
+        return JSONResponse(body, media_type=JSON_VIDEO, headers=headers)
+    return FileResponse(view.result_path, media_type="video/mp4", headers=headers)
+
+
+POLL_RESPONSES = {
+    200: {"description": "The video: MP4 bytes, or JSON with base64 when Accept is application/json.",
+          "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}},
+                      "application/json": {"schema": VideoGenerationResponse.model_json_schema()}},
+          "headers": {"finish-reason": {"schema": {"type": "string", "enum": ["SUCCESS", "CONTENT_FILTERED"]}},
+                      "seed": {"schema": {"type": "string"}}}},
+    202: {"model": AsyncGenerationResponse, "description": "Still queued or running."},
+    **error_responses(401, 404, 500),
+}
+
+for prefix, visible in (("/v2beta/image-to-video", True), ("/v2alpha/generation/image-to-video", False)):
+    router.add_api_route(
+        prefix, start, methods=["POST"], include_in_schema=visible,
+        operation_id="startImageToVideo" if visible else None, tags=["Image to Video"],
+        summary="Start an image-to-video generation",
+        response_model=AsyncGenerationResponse, response_model_exclude_none=True,
+        responses={200: {"description": "Started; poll the result with this id."},
+                   **error_responses(400, 401, 413, 500)},
+        openapi_extra={"requestBody": IMAGE_TO_VIDEO_FORM})
+    # {id:path} so that ids with slashes or traversal attempts still reach the handler and
+    # get the same 404 generation_not_found as any other unknown id.
+    router.add_api_route(
+        prefix + "/result/{id:path}", result, methods=["GET"], include_in_schema=visible,
+        operation_id="getImageToVideoResult" if visible else None, tags=["Image to Video"],
+        summary="Get the result of a video generation", response_class=Response,
+        responses=POLL_RESPONSES)

@@ -1,0 +1,79 @@
+"""The `svd-server` command: serve, db upgrade."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from app.config import Settings
+    from app.main import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.no_worker:
+        overrides["workers"] = 0
+    settings = Settings(**overrides)
+    _logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except Exception as exc:            # ModelUnavailable and friends: say what to do, no trace
+        logging.getLogger("svd").critical("cannot start: %s", exc)
+        return 2
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, timeout_graceful_shutdown=15)
+    server = uvicorn.Server(config)
+    runtime = app.state.runtime
+    runtime.request_shutdown = lambda: setattr(server, "should_exit", True)
+    logging.getLogger("svd").info("listening on http://%s:%d", settings.host, settings.port)
+    server.run()
+    if runtime.fatal is not None:
+        logging.getLogger("svd").critical("stopped: %s", runtime.fatal)
+        return 1
+    return 0 if server.started else 1
+
+
+def cmd_db_upgrade(args) -> int:
+    from app.config import Settings
+    from app.jobs import migrate
+    from app.jobs.sql import make_engine
+
+    settings = Settings()
+    _logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        print(f"database schema at revision {migrate.upgrade(engine)}")
+    except migrate.SchemaTooNew as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="svd-server",
+                                     description="Self-hosted Stability image-to-video API")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API and (unless --no-worker) a GPU worker")
+    serve.add_argument("--host", help="overrides SVD_HOST")
+    serve.add_argument("--port", type=int, help="overrides SVD_PORT")
+    serve.add_argument("--no-worker", action="store_true", help="API only (SVD_WORKERS=0)")
+    serve.set_defaults(func=cmd_serve)
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

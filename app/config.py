@@ -1,0 +1,89 @@
+"""Settings: the one place that reads the environment (prefix SVD_)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SIZE_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
+STABILITY_SIZES = "1024x576,576x1024,768x768"
+
+
+def parse_sizes(value: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        m = SIZE_RE.match(item)
+        if not m:
+            raise ValueError(f"size {item.strip()!r} is not WIDTHxHEIGHT")
+        w, h = int(m.group(1)), int(m.group(2))
+        if w <= 0 or h <= 0 or w % 2 or h % 2:
+            raise ValueError(f"size {item.strip()!r} must have even, positive sides")
+        sizes.append((w, h))
+    if not sizes:
+        raise ValueError("at least one size is needed")
+    return tuple(sizes)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SVD_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Comma-separated keys; empty: a random key is generated into DATA_DIR/api_key.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    data_dir: Path = Path("./data")
+    database_url: str | None = None         # default: SQLite file in the data dir
+    workers: int = Field(1, ge=0, le=64)     # worker threads inside `serve`; 0 = API only
+    model: str = "auto"                      # auto | tiny | HF repo id | local directory
+    allowed_sizes: Annotated[tuple[tuple[int, int], ...], NoDecode] = parse_sizes(STABILITY_SIZES)
+    num_frames: int | None = Field(None, ge=1, le=128)   # None: the model's default
+    steps: int | None = Field(None, ge=1, le=200)        # None: the model's default
+    output_fps: int = Field(7, ge=1, le=60)
+    result_ttl_hours: float = Field(24.0, gt=0)
+    job_timeout_s: float = Field(1800.0, gt=0)
+    # Beyond the names other tools rely on: tuning with safe defaults.
+    max_body_mb: float = Field(10.0, gt=0)   # the hosted API's limit is 10 MiB
+    lease_s: float = Field(30.0, gt=0)
+    heartbeat_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    sweep_interval_s: float = Field(60.0, gt=0)
+    cpu_threads: int = Field(0, ge=0)        # torch threads on a CPU; 0 = all cores but one
+    log_level: str = "info"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v):
+        if isinstance(v, str):
+            return tuple(k.strip() for k in v.split(",") if k.strip())
+        return v
+
+    @field_validator("allowed_sizes", mode="before")
+    @classmethod
+    def _sizes(cls, v):
+        return parse_sizes(v) if isinstance(v, str) else v
+
+    @field_validator("num_frames", "steps", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v):
+        return None if v == "" else v
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'svd.db').resolve()}"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def result_ttl_s(self) -> float:
+        return self.result_ttl_hours * 3600.0

@@ -1,0 +1,1 @@
+"""Durable generation jobs: the state machine, its stores, the service and the worker."""

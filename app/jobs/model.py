@@ -1,0 +1,58 @@
+"""A generation job and its states.
+
+    queued ──claim──▶ running ──▶ succeeded | failed | content_filtered | cancelled
+       ▲                 │
+       └── lease expired ┘   (worker died; at most `max_attempts` claims, then failed)
+"""
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CONTENT_FILTERED = "content_filtered"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+FINISHED_STATES = tuple(s for s in JobState if s.finished)
+
+
+def new_job_id() -> str:
+    """64 lowercase hex characters from the OS's CSPRNG, as the hosted API's ids look."""
+    return secrets.token_hex(32)
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str                 # SHA-256 of the API key that made it
+    seed: int
+    cfg_scale: float
+    motion_bucket_id: int
+    width: int
+    height: int
+    created_at: float
+    state: JobState = JobState.QUEUED
+    num_frames: int | None = None      # None: the model's default
+    steps: int | None = None
+    progress: float = 0.0
+    attempts: int = 0
+    worker: str | None = None
+    lease_until: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None    # set when finished: results are kept until then
+    error: str | None = None
+    finish_reason: str | None = None   # SUCCESS | CONTENT_FILTERED
+    result_key: str | None = None      # name of the result in the result store
+    image: bytes | None = field(default=None, repr=False)   # only loaded when asked for

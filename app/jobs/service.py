@@ -1,0 +1,69 @@
+"""What the API can do with jobs: submit, look up, find the result. No HTTP, no torch."""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.jobs.model import Job, JobState, new_job_id
+from app.jobs.store import JobStore
+from app.storage import FileResultStore
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 4294967294
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """A validated request, ready to queue."""
+    image: bytes
+    width: int
+    height: int
+    seed: int = 0                 # 0: pick one
+    cfg_scale: float = 1.8
+    motion_bucket_id: int = 127
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a poll needs to answer."""
+    job: Job
+    result_path: Path | None = None     # set when succeeded
+
+
+def random_seed() -> int:
+    return 1 + secrets.randbelow(MAX_SEED)      # 1..4294967294
+
+
+class JobService:
+    def __init__(self, store: JobStore, results: FileResultStore, wake: threading.Event | None = None):
+        self.store = store
+        self.results = results
+        self.wake = wake or threading.Event()     # set on submit: idle workers claim at once
+
+    def submit(self, owner: str, params: GenerationParams) -> Job:
+        job = Job(id=new_job_id(), owner=owner, seed=params.seed or random_seed(),
+                  cfg_scale=params.cfg_scale, motion_bucket_id=params.motion_bucket_id,
+                  width=params.width, height=params.height, created_at=time.time(),
+                  image=params.image)
+        self.store.create(job)
+        self.wake.set()
+        return job
+
+    def find(self, owner: str, job_id: str) -> JobView | None:
+        """The caller's job, or None when it does not exist, expired, or is someone else's."""
+        job = self.store.get(job_id)
+        if job is None or not secrets.compare_digest(job.owner, owner):
+            return None
+        if job.expires_at is not None and job.expires_at < time.time():
+            return None
+        if job.state == JobState.SUCCEEDED:
+            if not job.result_key or not self.results.exists(job.result_key):
+                log.error("job %s succeeded but its result is missing", job.id)
+                return None
+            return JobView(job, self.results.path(job.result_key))
+        return JobView(job)

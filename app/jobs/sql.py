@@ -1,0 +1,175 @@
+"""The job store on a SQL database through SQLAlchemy: SQLite embedded, PostgreSQL to scale.
+
+The schema is owned by the Alembic migrations in app/migrations; `jobs` below mirrors it
+for queries, and a test checks the two agree.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
+                        Text, create_engine, delete, event, func, select, update)
+from sqlalchemy.engine import Engine
+
+from app.jobs.model import Job, JobState
+from app.jobs.store import CRASHED
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("seed", BigInteger, nullable=False),  # up to 4294967294
+    Column("cfg_scale", Float, nullable=False),
+    Column("motion_bucket_id", Integer, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("num_frames", Integer),
+    Column("steps", Integer),
+    Column("image", LargeBinary),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("worker", String(200)),
+    Column("lease_until", Float),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("expires_at", Float),
+    Column("error", Text),
+    Column("finish_reason", String(32)),
+    Column("result_key", String(200)),
+    Index("ix_jobs_state_created", "state", "created_at"),
+    Index("ix_jobs_expires_at", "expires_at"),
+)
+
+_FIELDS = [c.name for c in jobs.columns if c.name != "image"]
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Plain postgresql:// URLs use psycopg 3, the driver this project installs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = sqlalchemy_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")      # readers never wait for the writer
+            cur.execute("PRAGMA synchronous=FULL")      # an accepted job survives power loss
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _row_to_job(row) -> Job:
+    data = dict(row._mapping)
+    data["state"] = JobState(data["state"])
+    return Job(**data)
+
+
+class SqlJobStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> "SqlJobStore":
+        return cls(make_engine(url))
+
+    def create(self, job):
+        values = {name: getattr(job, name) for name in _FIELDS}
+        values["state"] = job.state.value
+        values["image"] = job.image
+        with self.engine.begin() as c:
+            c.execute(jobs.insert().values(**values))
+
+    def get(self, job_id, with_image=False):
+        cols = [jobs.c[n] for n in _FIELDS] + ([jobs.c.image] if with_image else [])
+        with self.engine.connect() as c:
+            row = c.execute(select(*cols).where(jobs.c.id == job_id)).first()
+        return _row_to_job(row) if row else None
+
+    def claim(self, worker, now, lease_s):
+        # One statement: picks the oldest queued job and takes it, or takes nothing. On
+        # PostgreSQL, SKIP LOCKED lets many workers claim side by side; SQLite ignores it and
+        # serialises writers instead.
+        oldest = (select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
+                  .order_by(jobs.c.created_at, jobs.c.id).limit(1)
+                  .with_for_update(skip_locked=True).scalar_subquery())
+        stmt = (update(jobs)
+                .where(jobs.c.id == oldest, jobs.c.state == JobState.QUEUED.value)
+                .values(state=JobState.RUNNING.value, worker=worker, lease_until=now + lease_s,
+                        attempts=jobs.c.attempts + 1, started_at=now)
+                .returning(jobs.c.id))
+        with self.engine.begin() as c:
+            job_id = c.execute(stmt).scalar()
+        return self.get(job_id, with_image=True) if job_id else None
+
+    def _update_held(self, claimed, **values) -> bool:
+        stmt = (update(jobs).where(jobs.c.id == claimed.id, jobs.c.worker == claimed.worker,
+                                   jobs.c.attempts == claimed.attempts,
+                                   jobs.c.state == JobState.RUNNING.value).values(**values))
+        with self.engine.begin() as c:
+            return c.execute(stmt).rowcount == 1
+
+    def heartbeat(self, claimed, lease_until):
+        return self._update_held(claimed, lease_until=lease_until)
+
+    def set_progress(self, claimed, progress):
+        return self._update_held(claimed, progress=progress)
+
+    def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
+               result_key=None):
+        values = dict(state=state.value, finished_at=now, expires_at=expires_at, error=error,
+                      finish_reason=finish_reason, result_key=result_key, lease_until=None)
+        if state == JobState.SUCCEEDED:
+            values["progress"] = 1.0
+        return self._update_held(claimed, **values)
+
+    def release(self, claimed):
+        return self._update_held(claimed, state=JobState.QUEUED.value, worker=None,
+                                 lease_until=None)
+
+    def _requeue_where(self, condition, max_attempts, now, expires_at) -> int:
+        running = jobs.c.state == JobState.RUNNING.value
+        with self.engine.begin() as c:
+            failed = c.execute(
+                update(jobs).where(running, condition, jobs.c.attempts >= max_attempts)
+                .values(state=JobState.FAILED.value, finished_at=now, expires_at=expires_at,
+                        lease_until=None, error=CRASHED.format(n=max_attempts)))
+            queued = c.execute(
+                update(jobs).where(running, condition, jobs.c.attempts < max_attempts)
+                .values(state=JobState.QUEUED.value, worker=None, lease_until=None))
+        return failed.rowcount + queued.rowcount
+
+    def requeue_expired(self, now, max_attempts, expires_at):
+        return self._requeue_where(jobs.c.lease_until < now, max_attempts, now, expires_at)
+
+    def requeue_worker(self, worker, max_attempts, now, expires_at):
+        return self._requeue_where(jobs.c.worker == worker, max_attempts, now, expires_at)
+
+    def expired(self, now, limit=100):
+        cols = [jobs.c[n] for n in _FIELDS]
+        with self.engine.connect() as c:
+            rows = c.execute(select(*cols).where(jobs.c.expires_at < now)
+                             .order_by(jobs.c.expires_at).limit(limit)).all()
+        return [_row_to_job(r) for r in rows]
+
+    def delete(self, job_id):
+        with self.engine.begin() as c:
+            c.execute(delete(jobs).where(jobs.c.id == job_id))
+
+    def count(self, state):
+        with self.engine.connect() as c:
+            return c.execute(select(func.count()).select_from(jobs)
+                             .where(jobs.c.state == state.value)).scalar_one()
+
+    def close(self):
+        self.engine.dispose()

@@ -1,0 +1,173 @@
+"""The job store interface, and its in-memory twin for tests that need no real database.
+
+Every state change is conditional on the state (and, once running, on the worker that holds
+the lease), so two workers can never both finish a job and a worker that wakes up after its
+lease expired cannot overwrite anything.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Protocol
+
+from app.jobs.model import Job, JobState
+
+
+class JobStore(Protocol):
+    def create(self, job: Job) -> None: ...
+
+    def get(self, job_id: str, with_image: bool = False) -> Job | None: ...
+
+    def claim(self, worker: str, now: float, lease_s: float) -> Job | None:
+        """Oldest queued job → running, held by `worker` until now + lease_s; with its image."""
+
+    # The calls below take the Job that `claim` returned: they change it only while it is
+    # still running under that claim (same worker, same attempt), and return False otherwise.
+
+    def heartbeat(self, claimed: Job, lease_until: float) -> bool: ...
+
+    def set_progress(self, claimed: Job, progress: float) -> bool: ...
+
+    def finish(self, claimed: Job, state: JobState, now: float, expires_at: float,
+               *, error: str | None = None, finish_reason: str | None = None,
+               result_key: str | None = None) -> bool:
+        """running → a finished state."""
+
+    def release(self, claimed: Job) -> bool:
+        """running → queued at once (a worker stopping on purpose hands the job back)."""
+
+    def requeue_expired(self, now: float, max_attempts: int, expires_at: float) -> int:
+        """Running jobs whose lease ran out → queued, or failed after max_attempts claims."""
+
+    def requeue_worker(self, worker: str, max_attempts: int, now: float, expires_at: float) -> int:
+        """At start: jobs this worker held when it died are queued again at once."""
+
+    def expired(self, now: float, limit: int = 100) -> list[Job]:
+        """Finished jobs whose retention ran out."""
+
+    def delete(self, job_id: str) -> None: ...
+
+    def count(self, state: JobState) -> int: ...
+
+    def close(self) -> None: ...
+
+
+CRASHED = "the worker stopped while running this job {n} times; giving up"
+
+
+class MemoryJobStore:
+    """Same semantics as the SQL store, in a dict; a lock makes each call atomic."""
+
+    def __init__(self):
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def create(self, job):
+        with self._lock:
+            self._jobs[job.id] = copy.copy(job)
+
+    def get(self, job_id, with_image=False):
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            out = copy.copy(job)
+            if not with_image:
+                out.image = None
+            return out
+
+    def claim(self, worker, now, lease_s):
+        with self._lock:
+            queued = [j for j in self._jobs.values() if j.state == JobState.QUEUED]
+            if not queued:
+                return None
+            job = min(queued, key=lambda j: (j.created_at, j.id))
+            job.state, job.worker, job.lease_until = JobState.RUNNING, worker, now + lease_s
+            job.attempts += 1
+            job.started_at = now
+            return copy.copy(job)
+
+    def _held(self, claimed):
+        job = self._jobs.get(claimed.id)
+        if (job and job.state == JobState.RUNNING and job.worker == claimed.worker
+                and job.attempts == claimed.attempts):
+            return job
+        return None
+
+    def heartbeat(self, claimed, lease_until):
+        with self._lock:
+            job = self._held(claimed)
+            if job:
+                job.lease_until = lease_until
+            return job is not None
+
+    def set_progress(self, claimed, progress):
+        with self._lock:
+            job = self._held(claimed)
+            if job:
+                job.progress = progress
+            return job is not None
+
+    def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
+               result_key=None):
+        with self._lock:
+            job = self._held(claimed)
+            if not job:
+                return False
+            self._finish(job, state, now, expires_at, error, finish_reason, result_key)
+            return True
+
+    @staticmethod
+    def _finish(job, state, now, expires_at, error=None, finish_reason=None, result_key=None):
+        job.state, job.finished_at, job.expires_at = state, now, expires_at
+        job.error, job.finish_reason, job.result_key = error, finish_reason, result_key
+        job.lease_until = None
+        if state == JobState.SUCCEEDED:
+            job.progress = 1.0
+
+    def release(self, claimed):
+        with self._lock:
+            job = self._held(claimed)
+            if job:
+                job.state, job.worker, job.lease_until = JobState.QUEUED, None, None
+            return job is not None
+
+    def _requeue(self, jobs, max_attempts, now, expires_at):
+        for job in jobs:
+            if job.attempts >= max_attempts:
+                self._finish(job, JobState.FAILED, now, expires_at,
+                             error=CRASHED.format(n=max_attempts))
+            else:
+                job.state, job.worker, job.lease_until = JobState.QUEUED, None, None
+        return len(jobs)
+
+    def requeue_expired(self, now, max_attempts, expires_at):
+        with self._lock:
+            stale = [j for j in self._jobs.values()
+                     if j.state == JobState.RUNNING and (j.lease_until or 0) < now]
+            return self._requeue(stale, max_attempts, now, expires_at)
+
+    def requeue_worker(self, worker, max_attempts, now, expires_at):
+        with self._lock:
+            mine = [j for j in self._jobs.values()
+                    if j.state == JobState.RUNNING and j.worker == worker]
+            return self._requeue(mine, max_attempts, now, expires_at)
+
+    def expired(self, now, limit=100):
+        with self._lock:
+            done = [copy.copy(j) for j in self._jobs.values()
+                    if j.expires_at is not None and j.expires_at < now]
+            for j in done:
+                j.image = None
+            return done[:limit]
+
+    def delete(self, job_id):
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+    def count(self, state):
+        with self._lock:
+            return sum(1 for j in self._jobs.values() if j.state == state)
+
+    def close(self):
+        pass

@@ -1,0 +1,191 @@
+"""The app factory: create_app(settings) wires the store, the service and the workers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app.api import generation, ops
+from app.api.errors import install_error_handlers
+from app.api.middleware import RequestLogMiddleware
+from app.config import Settings
+from app.jobs import migrate
+from app.jobs.service import JobService
+from app.jobs.sql import SqlJobStore
+from app.jobs.worker import Worker, WorkerConfig
+from app.keys import KeyRing, load_or_create_key
+from app.storage import FileResultStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """What the lifespan starts; /readyz reads it."""
+
+    def __init__(self, settings: Settings, model_label: str | None, model_warning: str | None):
+        self.settings = settings
+        self.model_label = model_label
+        self.model_warning = model_warning
+        self.workers: list[Worker] = []
+        self.draining = False
+        self.fatal: BaseException | None = None
+        self.request_shutdown: Callable[[], None] | None = None
+
+    def readiness(self) -> dict:
+        ready = [w for w in self.workers if w.ready.is_set()]
+        if self.draining or self.fatal:
+            status = "draining"
+        elif self.settings.workers and not ready:
+            status = "starting"           # model still loading
+        else:
+            status = "ready"
+        body = {"status": status, "workers": len(self.workers), "workers_ready": len(ready)}
+        if ready:
+            body["model"] = getattr(ready[0].generator, "description", None)
+        if self.model_warning:
+            body["warning"] = self.model_warning
+        return body
+
+    def on_fatal(self, exc: BaseException) -> None:
+        self.fatal = exc
+        if self.request_shutdown:
+            self.request_shutdown()
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_names(settings: Settings) -> list[str]:
+    """Stable across restarts, so a restarted `serve` knows which running jobs were its own."""
+    host = socket.gethostname()
+    return [f"{host}:{settings.port}/w{i}" for i in range(settings.workers)]
+
+
+def default_generator_factory(settings: Settings):
+    """Resolve SVD_MODEL now (fails fast with instructions); load it later, in the worker."""
+    from inference.loader import load_generator, resolve_model
+
+    choice = resolve_model(settings.model)
+    if choice.fallback_reason:
+        log.warning("!" * 78)
+        log.warning("SVD_MODEL=auto: %s", choice.fallback_reason)
+        log.warning("!" * 78)
+
+    def factory():
+        return load_generator(choice, settings.num_frames, settings.steps, settings.cpu_threads)
+    return factory, choice.label, choice.fallback_reason
+
+
+def create_app(settings: Settings | None = None, generator_factory: Callable[[], object] | None = None,
+               model_label: str | None = None) -> FastAPI:
+    """Build the app. Without `generator_factory`, the model comes from SVD_MODEL."""
+    settings = settings or Settings()
+    model_warning = None
+    if settings.workers and generator_factory is None:
+        generator_factory, model_label, model_warning = default_generator_factory(settings)
+    runtime = Runtime(settings, model_label, model_warning)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await run_in_threadpool(_start, app, settings, runtime, generator_factory)
+        sweeper = asyncio.create_task(_maintenance(app, settings))
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            sweeper.cancel()
+            await run_in_threadpool(_stop, app, runtime)
+
+    app = FastAPI(title="svd-server: Stable Video Diffusion API", version="v2beta",
+                  description="A self-hosted Stability AI image-to-video API.",
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.add_middleware(RequestLogMiddleware, model_label=lambda: runtime.model_label)
+    app.include_router(generation.router)
+    app.include_router(ops.router)
+    return app
+
+
+def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = list(settings.api_keys)
+    if not keys:
+        keys = [load_or_create_key(settings.data_dir)]
+        log.warning("API key: read it from %s", (settings.data_dir / "api_key").resolve())
+    app.state.keyring = KeyRing(keys)
+
+    store = SqlJobStore.from_url(settings.resolved_database_url)
+    if store.engine.dialect.name == "sqlite":
+        migrate.upgrade(store.engine)
+    else:
+        migrate.check_not_newer(store.engine)
+        if not migrate.is_current(store.engine):
+            raise SystemExit("the database schema is not current: run `svd-server db upgrade`")
+    results = FileResultStore(settings.results_dir)
+    results.remove_stale_temps()
+    wake = threading.Event()
+    app.state.store = store
+    app.state.results = results
+    app.state.service = JobService(store, results, wake)
+
+    now = time.time()
+    config = WorkerConfig(lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
+                          max_attempts=settings.max_attempts, job_timeout_s=settings.job_timeout_s,
+                          result_ttl_s=settings.result_ttl_s, output_fps=settings.output_fps)
+    for name in worker_names(settings):
+        n = store.requeue_worker(name, settings.max_attempts, now, now + settings.result_ttl_s)
+        if n:
+            log.warning("re-queued %d job(s) that %s held when it stopped", n, name)
+        runtime.workers.append(Worker(name, store, results, factory, config, wake, runtime.on_fatal))
+    for worker in runtime.workers:
+        worker.start()
+
+
+def _stop(app: FastAPI, runtime: Runtime) -> None:
+    for worker in runtime.workers:
+        worker.stopping.set()
+    for worker in runtime.workers:
+        worker.stop(timeout=10.0)
+    store = getattr(app.state, "store", None)
+    if store is not None:
+        store.close()
+
+
+async def _maintenance(app: FastAPI, settings: Settings) -> None:
+    """Re-queue jobs of dead workers and remove results past their retention."""
+    while True:
+        try:
+            await asyncio.sleep(settings.sweep_interval_s)
+            await run_in_threadpool(sweep, app.state.store, app.state.results, settings)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("maintenance failed; will try again")
+
+
+def sweep(store, results: FileResultStore, settings: Settings) -> int:
+    now = time.time()
+    store.requeue_expired(now, settings.max_attempts, now + settings.result_ttl_s)
+    removed = 0
+    while True:
+        batch = store.expired(now)
+        for job in batch:
+            if job.result_key:
+                results.delete(job.result_key)
+            store.delete(job.id)
+            removed += 1
+        if len(batch) < 100:
+            break
+    if removed:
+        log.info("removed %d expired generation(s)", removed)
+    return removed

@@ -1,0 +1,65 @@
+"""Result bytes (the MP4s): files under the data dir, written atomically.
+
+Keys are made here from validated job ids only; no path is ever built from user input.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_KEY_RE = re.compile(r"^[0-9a-f]{64}\.mp4$")
+
+
+class FileResultStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key_for(job_id: str) -> str:
+        key = f"{job_id}.mp4"
+        if not _KEY_RE.match(key):
+            raise ValueError("invalid job id for a result key")
+        return key
+
+    def path(self, key: str) -> Path:
+        if not _KEY_RE.match(key):
+            raise ValueError("invalid result key")
+        return self.root / key
+
+    def temp_path(self, key: str) -> Path:
+        """Where to write a result before `commit`; a crash leaves only a temp file behind."""
+        return self.root / f".{key}.{os.getpid()}.tmp"
+
+    def commit(self, temp: Path, key: str) -> None:
+        """fsync the temp file, then rename it into place: readers see all or nothing."""
+        with open(temp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temp, self.path(key))
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def remove_stale_temps(self) -> int:
+        """Temp files left by a process that died mid-write (its pid no longer runs)."""
+        n = 0
+        for p in self.root.glob(".*.tmp"):
+            try:
+                os.kill(int(p.name.rsplit(".", 2)[-2]), 0)
+                continue                      # still being written by a live process
+            except (ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+            p.unlink(missing_ok=True)
+            n += 1
+        return n

@@ -1,0 +1,126 @@
+"""Which model to run, decided before anything heavy is loaded, and loading it.
+
+`SVD_MODEL` values:
+- `auto`: SVD-XT when a CUDA device and its weights are present; the tiny random-weight
+  model when there is no CUDA device (loudly: a warning at start, in /readyz and in the
+  x-svd-model header); an error with instructions when there is CUDA but no weights, since a
+  GPU box must never serve random noise as a successful video.
+- `tiny`: the tiny model, on purpose.
+- a local directory or a Hugging Face repo id: exactly that, or an error saying why not.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.svd import SVD_XT_REPO
+
+log = logging.getLogger(__name__)
+
+# Tiny-model defaults, measured on a 2-core CPU with one torch thread so that a first
+# 1024x576 request answers within a minute (the full-size VAE decode dominates).
+TINY_DEFAULT_FRAMES = 6
+TINY_DEFAULT_STEPS = 2
+
+
+class ModelUnavailable(RuntimeError):
+    """The configured model cannot be served; the message tells the operator what to do."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    kind: str                   # "svd" | "tiny"
+    source: str | None          # directory or repo id for "svd"
+    device: str                 # "cuda" | "cpu"
+    fallback_reason: str | None = None   # set when `auto` fell back to the tiny model
+
+    @property
+    def label(self) -> str:
+        """Short value for the x-svd-model header."""
+        if self.kind == "tiny":
+            return "tiny-random" + ("; fallback=no-cuda" if self.fallback_reason else "")
+        return self.source or "svd"
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "model_index.json").is_file()
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    found = try_to_load_from_cache(repo_id, "model_index.json")
+    return isinstance(found, str)
+
+
+def _weights_help(repo_id: str) -> str:
+    return (f"The weights of {repo_id} were not found in the Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}). The repository is gated: accept "
+            "its licence on Hugging Face, then run `HF_TOKEN=hf_... python scripts/download_weights.py` "
+            "(or `--local-dir DIR` and set SVD_MODEL=DIR). To run the tiny random-weight test "
+            "model instead, set SVD_MODEL=tiny.")
+
+
+def resolve_model(spec: str, cuda: bool | None = None) -> ModelChoice:
+    """Decide what `spec` means on this machine. Raises ModelUnavailable with instructions."""
+    cuda = _cuda_available() if cuda is None else cuda
+    device = "cuda" if cuda else "cpu"
+    spec = (spec or "auto").strip()
+    if spec == "tiny":
+        return ModelChoice("tiny", None, device)
+    if spec == "auto":
+        if not cuda:
+            return ModelChoice("tiny", None, "cpu", fallback_reason=(
+                "no CUDA device: serving the tiny RANDOM-WEIGHT model; its videos are noise, "
+                "not SVD-XT. Set SVD_MODEL=tiny to silence this, or run on an NVIDIA GPU."))
+        if _in_hf_cache(SVD_XT_REPO):
+            return ModelChoice("svd", SVD_XT_REPO, device)
+        raise ModelUnavailable(_weights_help(SVD_XT_REPO))
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        if not _is_model_dir(path):
+            raise ModelUnavailable(f"SVD_MODEL={spec}: no diffusers model here (expected "
+                                   f"{path / 'model_index.json'}).")
+        return ModelChoice("svd", str(path.resolve()), device)
+    if spec.count("/") == 1:
+        if not _in_hf_cache(spec):
+            raise ModelUnavailable(_weights_help(spec))
+        return ModelChoice("svd", spec, device)
+    raise ModelUnavailable(f"SVD_MODEL={spec!r} is neither 'auto', 'tiny', a directory nor a "
+                           "Hugging Face repo id (owner/name).")
+
+
+def configure_cpu_threads(threads: int) -> None:
+    """On a CPU, torch uses `threads` cores (0: all but one, leaving one to the web server)."""
+    import torch
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 2) - 1))
+
+
+def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: int | None = None,
+                   cpu_threads: int = 0):
+    """Build the VideoGenerator for `choice`. `num_frames`/`steps` override the model's defaults."""
+    from inference.svd import SvdGenerator, load_pretrained
+
+    if choice.device == "cpu":
+        configure_cpu_threads(cpu_threads)
+    if choice.kind == "tiny":
+        from inference.tiny import build_tiny_pipeline
+        pipe = build_tiny_pipeline().to(choice.device)
+        gen = SvdGenerator(pipe, choice.device, f"tiny random-weight SVD ({choice.device})",
+                           default_frames=TINY_DEFAULT_FRAMES, default_steps=TINY_DEFAULT_STEPS)
+    else:
+        try:
+            gen = load_pretrained(choice.source, choice.device)
+        except Exception as exc:
+            raise ModelUnavailable(f"could not load {choice.source}: {exc}") from exc
+    if num_frames:
+        gen.default_frames = num_frames
+    if steps:
+        gen.default_steps = steps
+    return gen
