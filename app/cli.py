@@ -11,16 +11,31 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
+def load_settings(**overrides):
+    """Settings from the environment, or None after saying clearly what is wrong."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for e in exc.errors():
+            name = "SVD_" + "_".join(str(p) for p in e["loc"]).upper()
+            print(f"error: {name}: {e['msg']} (got {e.get('input')!r})", file=sys.stderr)
+        return None
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from app.config import Settings
     from app.main import create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if args.no_worker:
         overrides["workers"] = 0
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
+    if settings is None:
+        return 2
     _logging(settings.log_level)
     try:
         app = create_app(settings)
@@ -41,11 +56,12 @@ def cmd_serve(args) -> int:
 
 
 def cmd_db_upgrade(args) -> int:
-    from app.config import Settings
     from app.jobs import migrate
     from app.jobs.sql import make_engine
 
-    settings = Settings()
+    settings = load_settings()
+    if settings is None:
+        return 2
     _logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)

@@ -17,6 +17,33 @@ def even_crop(frames: np.ndarray) -> np.ndarray:
     return frames[:, : h - h % 2, : w - w % 2]
 
 
+# BT.709, limited range: the usual matrix for HD video, tagged in the stream so players agree.
+_KR, _KB = 0.2126, 0.0722
+_KG = 1.0 - _KR - _KB
+
+
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """One RGB frame (h, w, 3) -> planar yuv420p (h * 3 / 2, w), computed here in numpy.
+
+    Done here so that the matrix is exactly the BT.709 the stream is tagged with (swscale's
+    default for RGB input is BT.601, which players would then decode with the wrong matrix).
+    """
+    h, w, _ = frame.shape
+    rgb = frame.astype(np.float32) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = _KR * r + _KG * g + _KB * b
+    cb = (b - y) / (2.0 * (1.0 - _KB))
+    cr = (r - y) / (2.0 * (1.0 - _KR))
+    # Chroma at half resolution: the mean of each 2x2 block.
+    cb = cb.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    cr = cr.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    out = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    out[:h] = np.clip(np.rint(16.0 + 219.0 * y), 16, 235)
+    chroma = np.stack([np.clip(np.rint(128.0 + 224.0 * c), 16, 240) for c in (cb, cr)])
+    out[h:] = chroma.reshape(h // 2, w)      # U plane then V plane, each (h/2) x (w/2)
+    return out
+
+
 def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int,
                crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, threads: int = 0) -> None:
     """Write `frames` (uint8, shape (n, h, w, 3)) to `path` as an H.264 MP4.
@@ -34,10 +61,17 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int,
                  options={"movflags": "+faststart"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
+        # mbtree off: with it, x264's output varied from run to run on identical frames
+        # (measured), and "same seed, same video" is part of the API.
+        stream.options = {"crf": str(crf), "preset": preset,
+                          "x264-params": "mbtree=0:colorprim=bt709:transfer=bt709:colormatrix=bt709"}
         stream.codec_context.thread_count = threads
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            video_frame.pts = i                 # explicit timestamps: same input, same bytes
+            video_frame.time_base = Fraction(1, fps)
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

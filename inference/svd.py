@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableVideoDiffusionPipeline
+from transformers.utils import logging as hf_logging
+
+# Without torchvision, transformers falls back to the PIL image processor (the one SVD was
+# made with) and warns about it on import; the fallback is what we want, the warning is noise.
+_verbosity = hf_logging.get_verbosity()
+hf_logging.set_verbosity_error()
+from diffusers import StableVideoDiffusionPipeline  # noqa: E402
+hf_logging.set_verbosity(_verbosity)
 
 from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE, NOISE_AUG_STRENGTH,
                             GenerationRequest, StepCallback)

@@ -1,0 +1,164 @@
+"""Shared test helpers: images, a real HTTP server in a thread, MP4 inspection."""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def png_bytes(w: int = 64, h: int = 64, mode: str = "RGB", color=(200, 40, 40)) -> bytes:
+    img = Image.new(mode, (w, h), color if mode in ("RGB", "RGBA") else 128)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(w: int = 64, h: int = 64, **save_args) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **save_args)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server for an app, on a free port, in a background thread."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@dataclass
+class Mp4Info:
+    codec: str
+    pix_fmt: str
+    frames: int
+    width: int
+    height: int
+    fps: float
+    top_level_boxes: list[str]
+
+    @property
+    def fast_start(self) -> bool:
+        boxes = self.top_level_boxes
+        return "moov" in boxes and "mdat" in boxes and boxes.index("moov") < boxes.index("mdat")
+
+
+def top_level_boxes(data: bytes) -> list[str]:
+    boxes, i = [], 0
+    while i + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[i + 8:i + 16])[0]
+        boxes.append(kind.decode("latin-1"))
+        if size < 8:
+            break
+        i += size
+    return boxes
+
+
+def inspect_mp4(data: bytes) -> Mp4Info:
+    import av
+    with av.open(io.BytesIO(data)) as c:
+        s = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(video=0))
+        return Mp4Info(s.codec_context.name, s.codec_context.pix_fmt, frames, s.width, s.height,
+                       float(s.average_rate or 0), top_level_boxes(data))
+
+
+def decode_frames(data: bytes) -> np.ndarray:
+    import av
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+class ServerProcess:
+    """`svd-server serve` as a real process (the way a user runs it)."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None):
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.env = {**os.environ, "SVD_DATA_DIR": str(data_dir), "SVD_PORT": str(self.port),
+                    "PYTHONUNBUFFERED": "1", **env}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 120) -> "ServerProcess":
+        import httpx
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        path = "/readyz" if wait_ready else "/healthz"
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log()[-5000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

@@ -1,0 +1,85 @@
+"""The worker against the in-memory store: outcomes, progress, timeouts, stopping."""
+from __future__ import annotations
+
+import threading
+import time
+
+from app.jobs.model import Job, JobState, new_job_id
+from app.jobs.store import MemoryJobStore
+from app.jobs.worker import Worker, WorkerConfig
+from app.storage import FileResultStore
+from tests.fakes import FakeGenerator
+from tests.helpers import inspect_mp4, png_bytes
+
+
+def make(tmp_path, gen, **cfg):
+    store = MemoryJobStore()
+    results = FileResultStore(tmp_path / "results")
+    worker = Worker("w0", store, results, lambda: gen, WorkerConfig(**cfg))
+    worker.generator = gen
+    return store, results, worker
+
+
+def add_job(store, **kw) -> Job:
+    j = Job(id=new_job_id(), owner="o", seed=5, cfg_scale=1.8, motion_bucket_id=kw.pop("motion", 127),
+            width=64, height=64, created_at=time.time(), image=png_bytes(), **kw)
+    store.create(j)
+    return j
+
+
+def test_success_stores_an_mp4_and_records_progress(tmp_path):
+    gen = FakeGenerator()
+    store, results, worker = make(tmp_path, gen, output_fps=9)
+    j = add_job(store, num_frames=5, steps=4)
+    assert worker.run_once()
+    got = store.get(j.id)
+    assert got.state == JobState.SUCCEEDED and got.progress == 1.0 and got.finish_reason == "SUCCESS"
+    info = inspect_mp4(results.path(got.result_key).read_bytes())
+    assert (info.frames, info.width, info.height, round(info.fps)) == (5, 64, 64, 9)
+    assert gen.calls[0].steps == 4 and gen.calls[0].seed == 5
+    assert not list(results.root.glob(".*.tmp"))
+    assert not worker.run_once()               # nothing left
+
+
+def test_a_failing_generation_fails_the_job_only(tmp_path):
+    store, _, worker = make(tmp_path, FakeGenerator(fail_on_motion=13))
+    bad, good = add_job(store, motion=13), add_job(store)
+    worker.run_once()
+    worker.run_once()
+    assert store.get(bad.id).state == JobState.FAILED
+    assert "blew up" in store.get(bad.id).error
+    assert store.get(good.id).state == JobState.SUCCEEDED
+
+
+def test_a_hung_generation_times_out(tmp_path):
+    gen = FakeGenerator(step_delay=0.3)
+    store, results, worker = make(tmp_path, gen, job_timeout_s=0.5, heartbeat_s=0.1)
+    j = add_job(store, steps=20)
+    t = time.monotonic()
+    worker.run_once()
+    assert time.monotonic() - t < 3
+    got = store.get(j.id)
+    assert got.state == JobState.FAILED and "timed out" in got.error
+    assert not results.exists(results.key_for(j.id))
+
+
+def test_stopping_hands_the_running_job_back(tmp_path):
+    gen = FakeGenerator(step_delay=0.05)
+    store, _, worker = make(tmp_path, gen)
+    j = add_job(store, steps=100)
+    runner = threading.Thread(target=worker.run_once)
+    runner.start()
+    time.sleep(0.3)
+    worker.stopping.set()
+    runner.join(5)
+    got = store.get(j.id)
+    assert got.state == JobState.QUEUED and got.worker is None
+
+
+def test_heartbeats_keep_the_lease(tmp_path):
+    gen = FakeGenerator(step_delay=0.1)
+    store, _, worker = make(tmp_path, gen, lease_s=0.4, heartbeat_s=0.1)
+    j = add_job(store, steps=12)                  # ~1.2 s: three leases long
+    worker.run_once()
+    assert store.get(j.id).state == JobState.SUCCEEDED
+    assert store.get(j.id).attempts == 1
