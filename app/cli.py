@@ -9,6 +9,7 @@ import sys
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)    # app.main logs the revision
 
 
 def load_settings(**overrides):

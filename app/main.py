@@ -126,7 +126,8 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
 
     store = SqlJobStore.from_url(settings.resolved_database_url)
     if store.engine.dialect.name == "sqlite":
-        migrate.upgrade(store.engine)
+        log.info("database %s at schema revision %s", store.engine.url.database,
+                 migrate.upgrade(store.engine))
     else:
         migrate.check_not_newer(store.engine)
         if not migrate.is_current(store.engine):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,17 @@ _verbosity = hf_logging.get_verbosity()
 hf_logging.set_verbosity_error()
 from diffusers import StableVideoDiffusionPipeline  # noqa: E402
 hf_logging.set_verbosity(_verbosity)
+
+
+class _DropFp32CastNotice(logging.Filter):
+    """The SVD pipeline casts its VAE to float32 and back on every call (force_upcast), and
+    diffusers warns about each cast; three identical lines per video say nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("There are modules in")
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropFp32CastNotice())
 
 from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE, NOISE_AUG_STRENGTH,
                             GenerationRequest, StepCallback)
@@ -79,6 +91,7 @@ def load_pretrained(source: str | Path, device: str, **options) -> SvdGenerator:
     """SVD from a local directory or the Hugging Face cache; never downloads at run time."""
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     kwargs = dict(torch_dtype=dtype, local_files_only=True)
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
     try:
         pipe = StableVideoDiffusionPipeline.from_pretrained(str(source), variant="fp16", **kwargs)
     except (OSError, ValueError):
