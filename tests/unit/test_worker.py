@@ -78,8 +78,33 @@ def test_stopping_hands_the_running_job_back(tmp_path):
 
 def test_heartbeats_keep_the_lease(tmp_path):
     gen = FakeGenerator(step_delay=0.1)
-    store, _, worker = make(tmp_path, gen, lease_s=0.4, heartbeat_s=0.1)
-    j = add_job(store, steps=12)                  # ~1.2 s: three leases long
+    store, _, worker = make(tmp_path, gen, lease_s=0.5, heartbeat_s=0.1)
+    j = add_job(store, steps=15)                  # ~1.5 s: three leases long
+    requeued, done = [], threading.Event()
+
+    def reaper():                                 # what the sweeper and other workers do
+        while not done.is_set():
+            requeued.append(store.requeue_expired(time.time(), 3, time.time() + 60))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=reaper)
+    t.start()
     worker.run_once()
-    assert store.get(j.id).state == JobState.SUCCEEDED
-    assert store.get(j.id).attempts == 1
+    done.set()
+    t.join()
+    assert sum(requeued) == 0 and len(requeued) > 10
+    assert store.get(j.id).state == JobState.SUCCEEDED and store.get(j.id).attempts == 1
+
+
+def test_without_heartbeats_the_lease_expires_and_the_late_result_is_dropped(tmp_path):
+    gen = FakeGenerator(step_delay=0.1)
+    store, results, worker = make(tmp_path, gen, lease_s=0.3, heartbeat_s=60)
+    j = add_job(store, steps=10)
+    t = threading.Thread(target=worker.run_once)
+    t.start()
+    time.sleep(0.6)
+    assert store.requeue_expired(time.time(), 3, time.time() + 60) == 1
+    t.join(10)
+    got = store.get(j.id)
+    assert got.state == JobState.QUEUED and got.result_key is None
+    assert not results.exists(results.key_for(j.id))
