@@ -17,6 +17,9 @@ from typing import Callable
 from app.jobs.model import Job, JobState
 from app.jobs.store import JobStore
 from app.storage import FileResultStore
+from inference.base import GenerationRequest          # these three never import torch
+from inference.encode import encode_mp4
+from inference.images import decode_rgb, probe
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +126,6 @@ class Worker:
         return True
 
     def _process(self, running: _Running) -> None:
-        from inference.base import GenerationRequest          # no torch here
-        from inference.encode import encode_mp4
-        from inference.images import decode_rgb, probe
-
         job = running.job
         t0 = time.monotonic()
         timings = {}
