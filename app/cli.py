@@ -12,6 +12,24 @@ def _logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)    # app.main logs the revision
 
 
+def draining_server(config, runtime, grace_s: float):
+    """uvicorn's server, except that the first SIGTERM/SIGINT drains before stopping: new
+    generations get 503, /readyz says so, the running job may finish for `grace_s`, then the
+    server stops. A second signal stops it at once."""
+    import threading
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if runtime.draining or not runtime.workers or not self.started:
+                return super().handle_exit(sig, frame)
+            threading.Thread(target=runtime.drain, args=(grace_s,), name="drain",
+                             daemon=True).start()
+
+    return _Server(config)
+
+
 def load_settings(**overrides):
     """Settings from the environment, or None after saying clearly what is wrong."""
     from pydantic import ValidationError
@@ -45,8 +63,8 @@ def cmd_serve(args) -> int:
         return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, timeout_graceful_shutdown=15)
-    server = uvicorn.Server(config)
     runtime = app.state.runtime
+    server = draining_server(config, runtime, settings.drain_grace_s)
     runtime.request_shutdown = lambda: setattr(server, "should_exit", True)
     logging.getLogger("svd").info("listening on http://%s:%d", settings.host, settings.port)
     server.run()

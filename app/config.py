@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -27,6 +27,20 @@ def parse_sizes(value: str) -> tuple[tuple[int, int], ...]:
     if not sizes:
         raise ValueError("at least one size is needed")
     return tuple(sizes)
+
+
+RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_rate(value: str) -> tuple[int, float] | None:
+    """"150/10s" -> (150, 10.0); "0" or "" -> None (no limit)."""
+    if value.strip() in ("", "0", "off"):
+        return None
+    m = RATE_RE.match(value)
+    if not m or int(m.group(1)) == 0 or float(m.group(2)) == 0:
+        raise ValueError(f"rate {value!r} is not N/WINDOW such as 150/10s, 60/1m or 0")
+    unit = {"s": 1, "m": 60, "h": 3600}[m.group(3) or "s"]
+    return int(m.group(1)), float(m.group(2)) * unit
 
 
 class Settings(BaseSettings):
@@ -54,6 +68,14 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(60.0, gt=0)
     cpu_threads: int = Field(0, ge=0)        # torch threads on a CPU; 0 = all cores but one
     log_level: str = "info"
+    # Limits and fairness.
+    rate_limit: str = "150/10s"              # generations started per key per window; 0 = off
+    max_queued: int = Field(100, ge=0)       # queued jobs in total; 0 = no limit
+    max_queued_per_key: int = Field(20, ge=0)
+    drain_grace_s: float = Field(30.0, ge=0)  # SIGTERM: how long the running job may finish
+    cors_origins: str = ""                   # comma-separated; empty: no CORS headers at all
+    # Testing only: SIGKILL this process when a job reaches the phase (see docs/operations.md).
+    fault_crash_at: Literal["", "queued", "denoise", "encode", "write"] = ""
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -71,6 +93,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, v):
         return None if v == "" else v
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, v: str):
+        parse_rate(v)
+        return v
+
+    @property
+    def rate(self) -> tuple[int, float] | None:
+        return parse_rate(self.rate_limit)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def resolved_database_url(self) -> str:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import socket
 import threading
 import time
@@ -12,55 +10,26 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from app.api import generation, ops
 from app.api.errors import install_error_handlers
-from app.api.middleware import RequestLogMiddleware
+from app.api.limits import RateLimiter
+from app.api.middleware import RequestMiddleware
 from app.config import Settings
 from app.jobs import migrate
 from app.jobs.service import JobService
 from app.jobs.sql import SqlJobStore
+from app.jobs.sweeper import sweep
 from app.jobs.worker import Worker, WorkerConfig
 from app.keys import KeyRing, load_or_create_key
+from app.logs import kv
+from app.metrics import Metrics
+from app.runtime import Runtime
 from app.storage import FileResultStore
 
 log = logging.getLogger(__name__)
-
-
-class Runtime:
-    """What the lifespan starts; /readyz reads it."""
-
-    def __init__(self, settings: Settings, model_label: str | None, model_warning: str | None):
-        self.settings = settings
-        self.model_label = model_label
-        self.model_warning = model_warning
-        self.workers: list[Worker] = []
-        self.draining = False
-        self.fatal: BaseException | None = None
-        self.request_shutdown: Callable[[], None] | None = None
-
-    def readiness(self) -> dict:
-        ready = [w for w in self.workers if w.ready.is_set()]
-        if self.draining or self.fatal:
-            status = "draining"
-        elif self.settings.workers and not ready:
-            status = "starting"           # model still loading
-        else:
-            status = "ready"
-        body = {"status": status, "workers": len(self.workers), "workers_ready": len(ready)}
-        if ready:
-            body["model"] = getattr(ready[0].generator, "description", None)
-        if self.model_warning:
-            body["warning"] = self.model_warning
-        return body
-
-    def on_fatal(self, exc: BaseException) -> None:
-        self.fatal = exc
-        if self.request_shutdown:
-            self.request_shutdown()
-        else:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_names(settings: Settings) -> list[str]:
@@ -92,16 +61,17 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
     if settings.workers and generator_factory is None:
         generator_factory, model_label, model_warning = default_generator_factory(settings)
     runtime = Runtime(settings, model_label, model_warning)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(_start, app, settings, runtime, generator_factory)
-        sweeper = asyncio.create_task(_maintenance(app, settings))
+        housekeeping = asyncio.create_task(_housekeeping(app, settings))
         try:
             yield
         finally:
             runtime.draining = True
-            sweeper.cancel()
+            housekeeping.cancel()
             await run_in_threadpool(_stop, app, runtime)
 
     app = FastAPI(title="svd-server: Stable Video Diffusion API", version="v2beta",
@@ -109,8 +79,19 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
                   lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.metrics = metrics
+    rate = settings.rate
+    app.state.limiter = RateLimiter(*rate) if rate else None
     install_error_handlers(app)
-    app.add_middleware(RequestLogMiddleware, model_label=lambda: runtime.model_label)
+    if settings.cors_origin_list:           # off unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type", "accept",
+                                          "x-request-id", "stability-client-id",
+                                          "stability-client-user-id", "stability-client-version"],
+                           expose_headers=["finish-reason", "seed", "x-request-id", "retry-after",
+                                           "x-svd-model"])
+    app.add_middleware(RequestMiddleware, model_label=lambda: runtime.model_label, metrics=metrics)
     app.include_router(generation.router)
     app.include_router(ops.router)
     return app
@@ -135,19 +116,27 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
     results = FileResultStore(settings.results_dir)
     results.remove_stale_temps()
     wake = threading.Event()
+    metrics = app.state.metrics
+    metrics.watch_store(store.count)
     app.state.store = store
     app.state.results = results
-    app.state.service = JobService(store, results, wake)
+    app.state.service = JobService(store, results, wake, settings.max_queued,
+                                   settings.max_queued_per_key)
 
     now = time.time()
     config = WorkerConfig(lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
                           max_attempts=settings.max_attempts, job_timeout_s=settings.job_timeout_s,
-                          result_ttl_s=settings.result_ttl_s, output_fps=settings.output_fps)
+                          result_ttl_s=settings.result_ttl_s, output_fps=settings.output_fps,
+                          crash_at=settings.fault_crash_at)
+    if settings.fault_crash_at:
+        log.warning(kv(event="fault_hook_armed", crash_at=settings.fault_crash_at))
     for name in worker_names(settings):
         n = store.requeue_worker(name, settings.max_attempts, now, now + settings.result_ttl_s)
         if n:
+            metrics.worker_restarts.labels("restart").inc(n)
             log.warning("re-queued %d job(s) that %s held when it stopped", n, name)
-        runtime.workers.append(Worker(name, store, results, factory, config, wake, runtime.on_fatal))
+        runtime.workers.append(Worker(name, store, results, factory, config, wake,
+                                      runtime.on_fatal, metrics))
     for worker in runtime.workers:
         worker.start()
 
@@ -162,31 +151,13 @@ def _stop(app: FastAPI, runtime: Runtime) -> None:
         store.close()
 
 
-async def _maintenance(app: FastAPI, settings: Settings) -> None:
-    """Re-queue jobs of dead workers and remove results past their retention."""
+async def _housekeeping(app: FastAPI, settings: Settings) -> None:
     while True:
         try:
             await asyncio.sleep(settings.sweep_interval_s)
-            await run_in_threadpool(sweep, app.state.store, app.state.results, settings)
+            await run_in_threadpool(sweep, app.state.store, app.state.results, settings,
+                                    app.state.metrics)
         except asyncio.CancelledError:
             return
         except Exception:
-            log.exception("maintenance failed; will try again")
-
-
-def sweep(store, results: FileResultStore, settings: Settings) -> int:
-    now = time.time()
-    store.requeue_expired(now, settings.max_attempts, now + settings.result_ttl_s)
-    removed = 0
-    while True:
-        batch = store.expired(now)
-        for job in batch:
-            if job.result_key:
-                results.delete(job.result_key)
-            store.delete(job.id)
-            removed += 1
-        if len(batch) < 100:
-            break
-    if removed:
-        log.info("removed %d expired generation(s)", removed)
-    return removed
+            log.exception("housekeeping failed; will try again")

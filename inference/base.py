@@ -32,6 +32,21 @@ class GenerationAborted(Exception):
     """Raised from a step callback to stop a generation on purpose (cancel, timeout)."""
 
 
+# Lower-memory settings a generator can fall back to after running out of GPU memory:
+# 1 = decode two frames at a time and chunk the UNet's feed-forward; 2 = also keep only the
+# running model on the GPU (CPU offload). Each is slower than the one before.
+LOW_MEMORY_LEVELS = 2
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (and the CUDA/cuDNN variants), without importing torch."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower()
+                                              and ("CUDA" in text or "CUBLAS" in text))
+
+
 class VideoGenerator(Protocol):
     """Turns one request into frames: uint8 array of shape (frames, height, width, 3)."""
 
@@ -39,5 +54,7 @@ class VideoGenerator(Protocol):
     default_frames: int
     default_steps: int
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
+                 low_memory: int = 0) -> np.ndarray:
+        """`low_memory`: 0 for full speed, up to LOW_MEMORY_LEVELS after an out-of-memory."""
         ...

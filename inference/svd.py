@@ -40,6 +40,8 @@ logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropFp32CastNoti
 from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE, NOISE_AUG_STRENGTH,
                             GenerationRequest, StepCallback)
 
+LOW_MEMORY_DECODE_CHUNK = 2
+
 log = logging.getLogger(__name__)
 
 SVD_XT_REPO = "stabilityai/stable-video-diffusion-img2vid-xt"
@@ -61,7 +63,36 @@ class SvdGenerator:
         self.default_steps = default_steps
         self.decode_chunk_size = decode_chunk_size
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> np.ndarray:
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
+                 low_memory: int = 0) -> np.ndarray:
+        if low_memory:
+            self._free_memory()
+            self.pipe.unet.enable_forward_chunking()
+            if low_memory >= 2 and self.device.startswith("cuda"):
+                self.pipe.enable_model_cpu_offload(device=self.device)
+        try:
+            return self._generate(request, on_step, low_memory)
+        finally:
+            if low_memory:
+                self.pipe.unet.disable_forward_chunking()
+                if low_memory >= 2 and self.device.startswith("cuda"):
+                    self.pipe.remove_all_hooks()
+                    self.pipe.to(self.device)
+                self._free_memory()
+
+    def _free_memory(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def memory_stats(self) -> dict[str, int]:
+        """GPU memory of this generator's device, for metrics (empty on a CPU)."""
+        if not self.device.startswith("cuda"):
+            return {}
+        return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved(),
+                "peak_allocated": torch.cuda.max_memory_allocated()}
+
+    def _generate(self, request: GenerationRequest, on_step: StepCallback | None,
+                  low_memory: int) -> np.ndarray:
         frames = request.num_frames or self.default_frames
         steps = request.steps or self.default_steps
         width, height = request.image.size
@@ -81,7 +112,8 @@ class SvdGenerator:
                 max_guidance_scale=request.cfg_scale,
                 fps=CONDITIONING_FPS, motion_bucket_id=request.motion_bucket_id,
                 noise_aug_strength=NOISE_AUG_STRENGTH,
-                decode_chunk_size=min(self.decode_chunk_size, frames),
+                decode_chunk_size=min(LOW_MEMORY_DECODE_CHUNK if low_memory else
+                                      self.decode_chunk_size, frames),
                 generator=generator, output_type="np", callback_on_step_end=callback)
         video = out.frames[0]                      # float in [0, 1], (frames, h, w, 3)
         return (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

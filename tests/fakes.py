@@ -7,20 +7,30 @@ import time
 import numpy as np
 
 
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError, which is what the worker recognises."""
+
+
 class FakeGenerator:
     description = "fake generator (tests)"
     default_frames = 4
     default_steps = 3
 
-    def __init__(self, step_delay: float = 0.0, fail_on_motion: int | None = None):
+    def __init__(self, step_delay: float = 0.0, fail_on_motion: int | None = None,
+                 oom_below_level: int = 0):
         self.step_delay = step_delay
         self.fail_on_motion = fail_on_motion
+        self.oom_below_level = oom_below_level     # raise OutOfMemoryError below this level
+        self.levels = []
         self.calls = []
         self.release = threading.Event()   # with hold=True, steps wait for this
         self.hold = False
 
-    def generate(self, request, on_step=None):
+    def generate(self, request, on_step=None, low_memory=0):
         self.calls.append(request)
+        self.levels.append(low_memory)
+        if low_memory < self.oom_below_level:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
         if request.motion_bucket_id == self.fail_on_motion:
             raise RuntimeError("the model blew up (fake)")
         steps = request.steps or self.default_steps

@@ -7,12 +7,16 @@ Routers raise ApiError; nothing else builds error JSON. FastAPI's own {"detail"}
 from __future__ import annotations
 
 import logging
+import math
+import re
 import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.logs import kv, request_id
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +55,38 @@ class ApiError(Exception):
                    f"The request body is larger than {size}.")
 
     @classmethod
+    def rate_limited(cls, retry_after: float, what: str) -> "ApiError":
+        return cls(429, "rate_limit_exceeded", [f"rate_limit: {what}"],
+                   f"Too many requests: {what}. Retry after {math.ceil(retry_after)} s.",
+                   headers={"retry-after": str(max(1, math.ceil(retry_after)))})
+
+    @classmethod
+    def unavailable(cls, retry_after: float, what: str) -> "ApiError":
+        return cls(503, "service_unavailable", [f"server: {what}"],
+                   f"The server cannot take new generations now: {what}.",
+                   headers={"retry-after": str(max(1, math.ceil(retry_after)))})
+
+    @classmethod
     def internal(cls, detail: str = "an unexpected server error occurred") -> "ApiError":
         return cls(500, "internal_error", [f"server: {detail}"], "The server could not complete the request.")
 
 
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
 def error_response(err: ApiError) -> JSONResponse:
-    body = {"id": uuid.uuid4().hex, "name": err.name, "errors": err.errors, "message": err.message}
+    # The error id is the request id when that has the hosted API's shape (32 hex, the ids
+    # this server makes), so a client's error report leads straight to the server's log line.
+    rid = request_id.get()
+    body = {"id": rid if _HEX32.match(rid) else uuid.uuid4().hex, "name": err.name,
+            "errors": err.errors, "message": err.message}
     return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    log.info("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.name,
-             "; ".join(exc.errors)[:300])
+    log.info(kv(request_id=request_id.get(), event="refused", method=request.method,
+                path=request.url.path[:200], status=exc.status, error=exc.name,
+                detail="; ".join(exc.errors)[:300]))
     return error_response(exc)
 
 
@@ -87,7 +111,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    log.exception(kv(request_id=request_id.get(), event="unhandled_error", method=request.method,
+                     path=request.url.path[:200]))
     return error_response(ApiError.internal())
 
 

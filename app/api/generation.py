@@ -15,6 +15,8 @@ from app.api.forms import parse_generation
 from app.api.schemas import (IMAGE_TO_VIDEO_FORM, AsyncGenerationResponse,
                              VideoGenerationResponse, error_responses)
 from app.jobs.model import JobState
+from app.jobs.service import QueueFull
+from app.logs import kv, request_id
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -22,6 +24,8 @@ router = APIRouter()
 JOB_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 CLIENT_HEADERS = ("stability-client-id", "stability-client-user-id", "stability-client-version")
 JSON_VIDEO = "application/json; type=video/mp4"
+QUEUE_FULL_RETRY_S = 10     # a video takes seconds to minutes; sooner retries only spin
+DRAINING_RETRY_S = 30
 
 
 def wants_json(accept: str | None) -> bool:
@@ -37,13 +41,27 @@ def wants_json(accept: str | None) -> bool:
 
 
 async def start(request: Request, owner: str = Depends(require_owner)):
-    settings = request.app.state.settings
-    params = await parse_generation(request, settings)
-    job = await run_in_threadpool(request.app.state.service.submit, owner, params)
-    client = {h: request.headers[h][:256] for h in CLIENT_HEADERS if h in request.headers}
-    log.info("job %s queued: %dx%d seed=%d cfg=%.2f motion=%d%s", job.id, job.width, job.height,
-             job.seed, job.cfg_scale, job.motion_bucket_id,
-             "".join(f" {k}={v!r}" for k, v in client.items()))
+    state = request.app.state
+    metrics = state.metrics
+    # Cheap refusals first, before the body is read.
+    if state.runtime.draining:
+        metrics.rejected.labels("draining").inc()
+        raise ApiError.unavailable(DRAINING_RETRY_S, "it is shutting down")
+    if state.limiter is not None and (wait := state.limiter.hit(owner)) is not None:
+        metrics.rejected.labels("rate").inc()
+        limit, window = state.settings.rate
+        raise ApiError.rate_limited(wait, f"more than {limit} generations in {window:g} s")
+    params = await parse_generation(request, state.settings)
+    try:
+        job = await run_in_threadpool(state.service.submit, owner, params)
+    except QueueFull as full:
+        metrics.rejected.labels("queue_full").inc()
+        raise ApiError.rate_limited(QUEUE_FULL_RETRY_S, full.what) from None
+    client = {h.removeprefix("stability-"): request.headers[h][:256]
+              for h in CLIENT_HEADERS if h in request.headers}
+    log.info(kv(request_id=request_id.get(), job=job.id, event="queued",
+                size=f"{job.width}x{job.height}", seed=job.seed, cfg_scale=job.cfg_scale,
+                motion_bucket_id=job.motion_bucket_id, **client))
     return JSONResponse({"id": job.id}, status_code=200)
 
 
@@ -87,7 +105,7 @@ for prefix, visible in (("/v2beta/image-to-video", True), ("/v2alpha/generation/
         summary="Start an image-to-video generation",
         response_model=AsyncGenerationResponse, response_model_exclude_none=True,
         responses={200: {"description": "Started; poll the result with this id."},
-                   **error_responses(400, 401, 413, 500)},
+                   **error_responses(400, 401, 413, 429, 500, 503)},
         openapi_extra={"requestBody": IMAGE_TO_VIDEO_FORM})
     # {id:path} so that ids with slashes or traversal attempts still reach the handler and
     # get the same 404 generation_not_found as any other unknown id.

@@ -1,35 +1,62 @@
-"""One log line per request, and the x-svd-model header on every response."""
+"""Every request: an id (x-request-id, echoed), one access log line, metrics, security headers,
+and the x-svd-model header."""
 from __future__ import annotations
 
 import logging
 import time
 
+from app.logs import kv, new_request_id, request_id
+
 log = logging.getLogger("svd.access")
 
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+# The API serves JSON and MP4 only; the interactive docs page needs scripts and styles.
+API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect")
 
-class RequestLogMiddleware:
-    def __init__(self, app, model_label):
+
+class RequestMiddleware:
+    def __init__(self, app, model_label, metrics):
         self.app = app
         self.model_label = model_label
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = [500]
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = new_request_id(incoming)
+        token = request_id.set(rid)
 
         async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                headers.extend(SECURITY_HEADERS)
+                if scope["path"] not in DOCS_PATHS:
+                    headers.append(API_CSP)
                 label = self.model_label()
                 if label:
-                    message.setdefault("headers", [])
-                    message["headers"] = list(message["headers"]) + [
-                        (b"x-svd-model", label.encode("latin-1", "replace"))]
+                    headers.append((b"x-svd-model", label.encode("latin-1", "replace")))
+                message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            log.info('%s %s %d %.1fms', scope["method"], scope["path"][:200], status[0],
-                     (time.perf_counter() - start) * 1000)
+            seconds = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self.metrics.request_seconds.labels(route).observe(seconds)
+            log.info(kv(request_id=rid, method=scope["method"], path=scope["path"][:200],
+                        route=route, status=status[0], duration_ms=round(seconds * 1000, 1),
+                        client=(scope.get("client") or ("-",))[0]))
+            request_id.reset(token)

@@ -1,8 +1,12 @@
-"""Operations endpoints: liveness and readiness."""
+"""Operations endpoints: liveness, readiness, metrics. Never rate limited."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from app.api.generation import DRAINING_RETRY_S
 
 router = APIRouter(tags=["Operations"])
 
@@ -12,8 +16,17 @@ async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="200 once the model is loaded and a worker runs")
+@router.get("/readyz", summary="200 once the model is loaded and a worker runs; 503 before "
+                               "that and while draining")
 async def readyz(request: Request):
-    runtime = request.app.state.runtime
-    body = runtime.readiness()
-    return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+    body = request.app.state.runtime.readiness()
+    if body["status"] == "ready":
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"retry-after": str(DRAINING_RETRY_S)})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request):
+    # Job counts come from the database at scrape time: off the event loop.
+    data = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

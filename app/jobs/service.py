@@ -35,17 +35,35 @@ class JobView:
     result_path: Path | None = None     # set when succeeded
 
 
+class QueueFull(Exception):
+    """Too many queued jobs, in total or for this key; `what` says which."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
 def random_seed() -> int:
     return 1 + secrets.randbelow(MAX_SEED)      # 1..4294967294
 
 
 class JobService:
-    def __init__(self, store: JobStore, results: FileResultStore, wake: threading.Event | None = None):
+    def __init__(self, store: JobStore, results: FileResultStore, wake: threading.Event | None = None,
+                 max_queued: int = 0, max_queued_per_key: int = 0):
         self.store = store
         self.results = results
         self.wake = wake or threading.Event()     # set on submit: idle workers claim at once
+        self.max_queued = max_queued              # 0: no limit
+        self.max_queued_per_key = max_queued_per_key
 
     def submit(self, owner: str, params: GenerationParams) -> Job:
+        """Queue a generation. Raises QueueFull instead of letting the queue grow without
+        bound. (Count, then insert: concurrent submits can overshoot by a few.)"""
+        if self.max_queued_per_key and \
+                self.store.count(JobState.QUEUED, owner) >= self.max_queued_per_key:
+            raise QueueFull(f"this key already has {self.max_queued_per_key} generations queued")
+        if self.max_queued and self.store.count(JobState.QUEUED) >= self.max_queued:
+            raise QueueFull(f"the server's queue is full ({self.max_queued} generations)")
         job = Job(id=new_job_id(), owner=owner, seed=params.seed or random_seed(),
                   cfg_scale=params.cfg_scale, motion_bucket_id=params.motion_bucket_id,
                   width=params.width, height=params.height, created_at=time.time(),

@@ -40,6 +40,7 @@ jobs = Table(
     Column("result_key", String(200)),
     Index("ix_jobs_state_created", "state", "created_at"),
     Index("ix_jobs_expires_at", "expires_at"),
+    Index("ix_jobs_owner_state", "owner", "state"),
 )
 
 _FIELDS = [c.name for c in jobs.columns if c.name != "image"]
@@ -166,10 +167,12 @@ class SqlJobStore:
         with self.engine.begin() as c:
             c.execute(delete(jobs).where(jobs.c.id == job_id))
 
-    def count(self, state):
+    def count(self, state, owner=None):
+        query = select(func.count()).select_from(jobs).where(jobs.c.state == state.value)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         with self.engine.connect() as c:
-            return c.execute(select(func.count()).select_from(jobs)
-                             .where(jobs.c.state == state.value)).scalar_one()
+            return c.execute(query).scalar_one()
 
     def close(self):
         self.engine.dispose()

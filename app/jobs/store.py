@@ -47,7 +47,7 @@ class JobStore(Protocol):
 
     def delete(self, job_id: str) -> None: ...
 
-    def count(self, state: JobState) -> int: ...
+    def count(self, state: JobState, owner: str | None = None) -> int: ...
 
     def close(self) -> None: ...
 
@@ -165,9 +165,10 @@ class MemoryJobStore:
         with self._lock:
             self._jobs.pop(job_id, None)
 
-    def count(self, state):
+    def count(self, state, owner=None):
         with self._lock:
-            return sum(1 for j in self._jobs.values() if j.state == state)
+            return sum(1 for j in self._jobs.values()
+                       if j.state == state and (owner is None or j.owner == owner))
 
     def close(self):
         pass

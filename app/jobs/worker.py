@@ -7,7 +7,10 @@ the generator factory, inside the worker thread.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import signal
 import threading
 import time
 import traceback
@@ -16,8 +19,10 @@ from typing import Callable
 
 from app.jobs.model import Job, JobState
 from app.jobs.store import JobStore
+from app.logs import kv
 from app.storage import FileResultStore
-from inference.base import GenerationRequest          # these three never import torch
+from inference.base import (LOW_MEMORY_LEVELS, GenerationRequest,  # none of these import torch
+                            is_out_of_memory)
 from inference.encode import encode_mp4
 from inference.images import decode_rgb, probe
 
@@ -36,6 +41,7 @@ class WorkerConfig:
     result_ttl_s: float = 86400.0
     output_fps: int = 7
     idle_poll_s: float = 1.0          # fallback when no wake-up arrives
+    crash_at: str = ""                # fault hook for tests: "", queued, denoise, encode, write
 
 
 class _Stop(Exception):
@@ -51,11 +57,23 @@ class _Running:
         self.done = threading.Event()
 
 
+def _crash_here(phase: str) -> None:
+    """The fault hook (SVD_FAULT_CRASH_AT): die as a power cut or the OOM killer would.
+
+    Half a second first, so that the 200 of the POST that queued the job has reached the
+    test client (which must know the id to check that the job survives)."""
+    log.critical(kv(event="fault_hook_crash", phase=phase))
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Worker:
     def __init__(self, name: str, store: JobStore, results: FileResultStore,
                  generator_factory: Callable[[], object], config: WorkerConfig,
                  wake: threading.Event | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None):
+                 on_fatal: Callable[[BaseException], None] | None = None, metrics=None):
         self.name = name
         self.store = store
         self.results = results
@@ -63,11 +81,17 @@ class Worker:
         self.cfg = config
         self.wake = wake or threading.Event()
         self.on_fatal = on_fatal
-        self.stopping = threading.Event()
+        self.metrics = metrics
+        self.stopping = threading.Event()   # stop now; a job in hand goes back to the queue
+        self.draining = threading.Event()   # claim nothing new; let the job in hand finish
         self.ready = threading.Event()
         self.generator = None
         self._thread: threading.Thread | None = None
         self._current: _Running | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,8 +109,8 @@ class Worker:
         try:
             t0 = time.monotonic()
             self.generator = self.factory()
-            log.info("worker %s ready in %.1f s: %s", self.name, time.monotonic() - t0,
-                     getattr(self.generator, "description", "?"))
+            log.info(kv(event="worker_ready", worker=self.name, load_s=time.monotonic() - t0,
+                        model=getattr(self.generator, "description", "?")))
         except BaseException as exc:            # noqa: BLE001 - reported, then the server stops
             log.critical("worker %s could not load the model: %s", self.name, exc)
             if self.on_fatal:
@@ -94,12 +118,17 @@ class Worker:
             return
         self.ready.set()
         while not self.stopping.is_set():
+            if self.draining.is_set():
+                self.stopping.wait(0.2)
+                continue
             try:
                 if not self.run_once():
                     self.wake.wait(self.cfg.idle_poll_s)
                     self.wake.clear()
             except Exception:                  # a database hiccup must not kill the worker
                 log.exception("worker %s: unexpected error; retrying in 1 s", self.name)
+                if self.metrics is not None:
+                    self.metrics.worker_restarts.labels("error").inc()
                 time.sleep(1.0)
 
     # -- one job ---------------------------------------------------------------------------
@@ -107,11 +136,14 @@ class Worker:
         """Claim and run one job. False when there was nothing to do."""
         now = time.time()
         self.store.requeue_expired(now, self.cfg.max_attempts, now + self.cfg.result_ttl_s)
+        if self.cfg.crash_at == "queued" and self.store.count(JobState.QUEUED):
+            _crash_here("queued")          # with a job accepted and not yet claimed
         job = self.store.claim(self.name, now, self.cfg.lease_s)
         if job is None:
             return False
-        log.info("job %s running (worker %s, attempt %d, waited %.2f s)",
-                 job.id, self.name, job.attempts, now - job.created_at)
+        log.info(kv(job=job.id, event="running", worker=self.name, attempt=job.attempts,
+                    waited_s=now - job.created_at))
+        self._observe("queue_wait", now - job.created_at)
         running = _Running(job)
         self._current = running
         beat = threading.Thread(target=self._heartbeat, args=(running,), daemon=True,
@@ -128,35 +160,17 @@ class Worker:
     def _process(self, running: _Running) -> None:
         job = running.job
         t0 = time.monotonic()
-        timings = {}
         try:
             image = decode_rgb(job.image, probe(job.image))
             request = GenerationRequest(image=image, seed=job.seed, cfg_scale=job.cfg_scale,
                                         motion_bucket_id=job.motion_bucket_id,
                                         num_frames=job.num_frames, steps=job.steps)
-            last_progress = [0.0]
-
-            def on_step(done: int, total: int) -> None:
-                self._check_abort(running)
-                now = time.monotonic()
-                if done == total or now - last_progress[0] >= 0.25:   # spare the database
-                    last_progress[0] = now
-                    self.store.set_progress(job, DENOISE_SHARE * done / total)
-
-            frames = self.generator.generate(request, on_step)
-            timings["generate"] = time.monotonic() - t0
+            frames = self._generate(running, request)
+            generate_s = time.monotonic() - t0
             self._check_abort(running)
             self.store.set_progress(job, 0.95)
-            key = self.results.key_for(job.id)
-            temp = self.results.temp_path(key)
-            t1 = time.monotonic()
-            try:
-                encode_mp4(frames, temp, fps=self.cfg.output_fps)
-                self._check_abort(running)
-                self.results.commit(temp, key)
-            finally:
-                temp.unlink(missing_ok=True)
-            timings["encode"] = time.monotonic() - t1
+            key = self._store_video(running, frames)
+            encode_s = time.monotonic() - t0 - generate_s
         except _Stop:
             self._stopped(running)
             return
@@ -165,19 +179,82 @@ class Worker:
                 self._stopped(running)
                 return
             log.error("job %s failed: %s\n%s", job.id, exc, traceback.format_exc())
-            self._finish(job, JobState.FAILED, error=f"{type(exc).__name__}: {exc}"[:500])
+            self._finish(job, JobState.FAILED, error=_describe(exc))
             return
         if self._finish(job, JobState.SUCCEEDED, finish_reason="SUCCESS", result_key=key):
-            log.info("job %s succeeded in %.2f s (generate %.2f s, encode %.2f s, %d frames)",
-                     job.id, time.monotonic() - t0, timings["generate"], timings["encode"],
-                     len(frames))
+            total = time.monotonic() - t0
+            log.info(kv(job=job.id, event="succeeded", worker=self.name, total_s=total,
+                        generate_s=generate_s, encode_s=encode_s, frames=len(frames)))
+            self._observe("generate", generate_s)
+            self._observe("encode", encode_s)
+            self._observe("run", total)
+            if self.metrics is not None:
+                self.metrics.videos.inc()
         else:
             self.results.delete(key)       # someone else owns the job now; keep nothing
-            log.warning("job %s finished here but was no longer held by %s", job.id, self.name)
+            log.warning(kv(job=job.id, event="result_dropped", worker=self.name,
+                           reason="no longer held"))
+
+    def _generate(self, running: _Running, request: GenerationRequest):
+        """Run the model; on out-of-memory, retry with less memory (not a new attempt)."""
+        job = running.job
+        last_progress = [0.0]
+
+        def on_step(done: int, total: int) -> None:
+            self._check_abort(running)
+            if self.cfg.crash_at == "denoise":
+                _crash_here("denoise")
+            now = time.monotonic()
+            if done == total or now - last_progress[0] >= 0.25:   # spare the database
+                last_progress[0] = now
+                self.store.set_progress(job, DENOISE_SHARE * done / total)
+
+        for level in range(LOW_MEMORY_LEVELS + 1):
+            try:
+                return self.generator.generate(request, on_step, low_memory=level)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or level == LOW_MEMORY_LEVELS:
+                    raise
+                log.warning(kv(job=job.id, event="out_of_memory", retry_low_memory=level + 1))
+                if self.metrics is not None:
+                    self.metrics.memory_retries.inc()
+            finally:
+                self._record_gpu_memory()
+
+    def _store_video(self, running: _Running, frames) -> str:
+        """Encode to a temp file, make it durable, rename it into place; return its key."""
+        key = self.results.key_for(running.job.id)
+        temp = self.results.temp_path(key)
+        try:
+            if self.cfg.crash_at == "encode":
+                _crash_here("encode")
+            encode_mp4(frames, temp, fps=self.cfg.output_fps)
+            self._check_abort(running)
+            if self.cfg.crash_at == "write":
+                _crash_here("write")
+            self.results.commit(temp, key)
+        finally:
+            temp.unlink(missing_ok=True)
+        return key
 
     def _finish(self, job: Job, state: JobState, **fields) -> bool:
         now = time.time()
-        return self.store.finish(job, state, now, now + self.cfg.result_ttl_s, **fields)
+        done = self.store.finish(job, state, now, now + self.cfg.result_ttl_s, **fields)
+        if done and self.metrics is not None:
+            self.metrics.jobs_finished.labels(state.value).inc()
+        if done and state != JobState.SUCCEEDED:
+            log.info(kv(job=job.id, event=state.value, worker=self.name, error=fields.get("error")))
+        return done
+
+    def _observe(self, phase: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.job_phase_seconds.labels(phase).observe(seconds)
+
+    def _record_gpu_memory(self) -> None:
+        stats = getattr(self.generator, "memory_stats", None)
+        if self.metrics is not None and stats is not None:
+            for kind, value in stats().items():
+                self.metrics.gpu_memory.labels(kind).set(value)
 
     def _check_abort(self, running: _Running) -> None:
         if self.stopping.is_set() and running.abort_reason is None:
@@ -188,9 +265,9 @@ class Worker:
     def _stopped(self, running: _Running) -> None:
         job = running.job
         if running.abort_reason == "stopping" and self.store.release(job):
-            log.info("job %s handed back to the queue (worker stopping)", job.id)
+            log.info(kv(job=job.id, event="released", worker=self.name, reason="worker stopping"))
         else:
-            log.warning("job %s abandoned: %s", job.id, running.abort_reason)
+            log.warning(kv(job=job.id, event="abandoned", reason=running.abort_reason))
 
     def _heartbeat(self, running: _Running) -> None:
         job = running.job
@@ -200,9 +277,8 @@ class Worker:
                 # Fail it now so the client hears at once, even if the model is stuck in a
                 # call that never returns to a step callback.
                 running.abort_reason = "timed out"
-                if self._finish(job, JobState.FAILED,
-                                error=f"timed out after {self.cfg.job_timeout_s:.0f} s"):
-                    log.error("job %s timed out after %.0f s", job.id, self.cfg.job_timeout_s)
+                self._finish(job, JobState.FAILED,
+                             error=f"timed out after {self.cfg.job_timeout_s:.0f} s")
                 return
             try:
                 held = self.store.heartbeat(job, time.time() + self.cfg.lease_s)
@@ -211,5 +287,14 @@ class Worker:
                 continue
             if not held:
                 running.abort_reason = "lease lost"
-                log.warning("job %s: lease lost; stopping it here", job.id)
+                log.warning(kv(job=job.id, event="lease_lost", worker=self.name))
                 return
+
+
+def _describe(exc: Exception) -> str:
+    """The failure as the client will read it: short, without paths or tracebacks."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "could not store the video: the server's disk is full"
+    if is_out_of_memory(exc):
+        return "out of GPU memory, even with the lowest-memory settings"
+    return f"{type(exc).__name__}: {exc}"[:500]

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from app.main import sweep
+from app.jobs.sweeper import sweep
 from tests.api.test_start import URL, assert_error, start
 from tests.conftest import KEY_B, running_server, wait_done
 from tests.fakes import FakeGenerator

@@ -108,3 +108,41 @@ def test_without_heartbeats_the_lease_expires_and_the_late_result_is_dropped(tmp
     got = store.get(j.id)
     assert got.state == JobState.QUEUED and got.result_key is None
     assert not results.exists(results.key_for(j.id))
+
+
+def test_out_of_memory_is_retried_with_less_memory_without_costing_an_attempt(tmp_path):
+    gen = FakeGenerator(oom_below_level=2)
+    store, results, worker = make(tmp_path, gen)
+    j = add_job(store)
+    worker.run_once()
+    got = store.get(j.id)
+    assert got.state == JobState.SUCCEEDED and got.attempts == 1
+    assert gen.levels == [0, 1, 2]
+
+
+def test_out_of_memory_at_every_level_fails_the_job_clearly(tmp_path):
+    gen = FakeGenerator(oom_below_level=99)
+    store, _, worker = make(tmp_path, gen)
+    j = add_job(store)
+    worker.run_once()
+    got = store.get(j.id)
+    assert got.state == JobState.FAILED and "out of GPU memory" in got.error
+    assert gen.levels == [0, 1, 2]
+
+
+def test_disk_full_fails_the_job_cleanly_and_serves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def full(frames, path, fps):
+        with open(path, "wb") as fh:
+            fh.write(b"\x00\x00\x00\x18ftypisom")            # a partial file...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr("app.jobs.worker.encode_mp4", full)
+    store, results, worker = make(tmp_path, FakeGenerator())
+    j = add_job(store)
+    worker.run_once()
+    got = store.get(j.id)
+    assert got.state == JobState.FAILED and "disk is full" in got.error
+    assert not results.exists(results.key_for(j.id))
+    assert not list(results.root.iterdir())                   # no temp file left behind

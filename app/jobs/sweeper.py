@@ -1,0 +1,35 @@
+"""Housekeeping: re-queue jobs of dead workers; remove results past their retention."""
+from __future__ import annotations
+
+import logging
+import time
+
+from app.config import Settings
+from app.logs import kv
+from app.storage import FileResultStore
+
+log = logging.getLogger(__name__)
+BATCH = 100
+
+
+def sweep(store, results: FileResultStore, settings: Settings, metrics=None) -> int:
+    """One pass. Returns how many expired generations were removed."""
+    now = time.time()
+    requeued = store.requeue_expired(now, settings.max_attempts, now + settings.result_ttl_s)
+    if requeued:
+        log.warning(kv(event="lease_expired", jobs=requeued))
+        if metrics is not None:
+            metrics.worker_restarts.labels("lease_expired").inc(requeued)
+    removed = 0
+    while True:
+        batch = store.expired(now, BATCH)
+        for job in batch:
+            if job.result_key:
+                results.delete(job.result_key)     # the file first: a row never points nowhere
+            store.delete(job.id)
+            removed += 1
+        if len(batch) < BATCH:
+            break
+    if removed:
+        log.info(kv(event="expired_removed", jobs=removed))
+    return removed

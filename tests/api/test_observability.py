@@ -1,0 +1,77 @@
+"""Request ids, security headers, CORS, metrics."""
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.api.test_start import assert_error, start
+from tests.conftest import KEY_A, running_server, wait_done
+
+
+def test_request_id_is_echoed_or_made_and_errors_carry_it(client):
+    r = client.get("/healthz", headers={"x-request-id": "my-trace-42"})
+    assert r.headers["x-request-id"] == "my-trace-42"
+    generated = client.get("/healthz").headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    bad = client.get("/healthz", headers={"x-request-id": "evil\tvalue with spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])
+    err = client.get("/v2beta/image-to-video/result/nope")
+    assert assert_error(err, 404, "generation_not_found")["id"] == err.headers["x-request-id"]
+
+
+def test_security_headers_on_every_response(client):
+    for r in (client.get("/healthz"), client.get("/v2beta/image-to-video/result/x"),
+              start(client)):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["referrer-policy"] == "no-referrer"
+        assert r.headers["cache-control"] == "no-store"
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+
+
+def test_cors_is_off_by_default(client):
+    r = client.options("/v2beta/image-to-video", headers={
+        "origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in r.headers
+    r = client.get("/healthz", headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_cors_when_configured(tmp_path):
+    with running_server(tmp_path, cors_origins="https://app.example") as server:
+        r = httpx.options(server.url + "/v2beta/image-to-video", headers={
+            "origin": "https://app.example", "access-control-request-method": "POST",
+            "access-control-request-headers": "authorization"})
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.get(server.url + "/healthz", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_metrics_count_requests_jobs_phases_and_videos(client):
+    job_id = start(client).json()["id"]
+    assert wait_done(client, job_id).status_code == 200
+    client.get("/v2beta/image-to-video/result/" + "0" * 64)
+    text = client.get("/metrics").text
+    assert 'svd_http_requests_total{method="POST",route="/v2beta/image-to-video",status="200"} 1.0' in text
+    assert 'route="/v2beta/image-to-video/result/{id:path}",status="404"' in text
+    assert 'svd_jobs{state="succeeded"} 1.0' in text
+    assert "svd_queue_depth 0.0" in text
+    assert "svd_videos_generated_total 1.0" in text
+    for phase in ("queue_wait", "generate", "encode", "run"):
+        assert f'svd_job_phase_seconds_count{{phase="{phase}"}} 1.0' in text
+    assert "svd_worker_restarts_total" in text or "svd_worker_restarts" in text
+    assert KEY_A not in text
+
+
+def test_keys_never_reach_the_logs(tmp_path, caplog):
+    caplog.set_level("DEBUG")
+    with running_server(tmp_path) as server:
+        for key in (KEY_A, "sk-wrong-secret-key"):
+            headers = {"authorization": f"Bearer {key}"}
+            r = httpx.post(server.url + "/v2beta/image-to-video", headers=headers,
+                           files={"image": ("a.png", b"not an image")})
+            assert r.status_code in (400, 401)
+            httpx.get(server.url + "/v2beta/image-to-video/result/" + "1" * 64, headers=headers)
+    assert caplog.text and "request_id=" in caplog.text
+    assert KEY_A not in caplog.text and "sk-wrong-secret-key" not in caplog.text
