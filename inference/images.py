@@ -11,7 +11,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -86,7 +86,8 @@ def decode_rgb(data: bytes, info: ImageInfo) -> Image.Image:
     """Fully decode (so a truncated file fails here, not later) and convert to RGB.
 
     Call only after `probe` and a size check: the size is trusted to be small by then.
-    EXIF orientation is not applied, since the size checked must be the size generated.
+    EXIF orientation is applied, as every image viewer does: a portrait photo stored
+    sideways comes out portrait, so its final size may be the header's, swapped.
     """
     try:
         with warnings.catch_warnings():
@@ -99,6 +100,10 @@ def decode_rgb(data: bytes, info: ImageInfo) -> Image.Image:
         raise
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageError(f"could not be decoded ({_short(exc)})") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:        # a broken EXIF block: keep the pixels as stored
+        pass
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels become white, as an image viewer would show them.
         rgba = img.convert("RGBA")

@@ -109,13 +109,20 @@ async def parse_generation(request: Request, settings: Settings) -> GenerationPa
 async def _check_image(data: bytes, settings: Settings) -> tuple[int, int]:
     """Format from the bytes, size from the header (nothing decoded yet, so a header that
     claims 30000x30000 costs nothing), then a full decode off the event loop."""
+    allowed = settings.allowed_sizes
+
+    def refuse(w: int, h: int):
+        listed = ", ".join(f"{a}x{b}" for a, b in allowed)
+        return ImageError(f"dimensions {w}x{h} are not supported; use one of {listed}")
+
     try:
         info = probe(data)
-        if (info.width, info.height) not in settings.allowed_sizes:
-            allowed = ", ".join(f"{w}x{h}" for w, h in settings.allowed_sizes)
-            raise ImageError(f"dimensions {info.width}x{info.height} are not supported; "
-                             f"use one of {allowed}")
-        await run_in_threadpool(decode_rgb, data, info)
+        # Either way round: EXIF orientation may turn the image a quarter.
+        if (info.width, info.height) not in allowed and (info.height, info.width) not in allowed:
+            raise refuse(info.width, info.height)
+        width, height = (await run_in_threadpool(decode_rgb, data, info)).size
+        if (width, height) not in allowed:
+            raise refuse(width, height)
     except ImageError as exc:
         raise ApiError.bad_request(f"image: {exc}") from None
-    return info.width, info.height
+    return width, height

@@ -217,3 +217,23 @@ def test_v2alpha_alias(client):
     assert wait_done(client, r.json()["id"]).status_code == 200
     res = client.get(f"/v2alpha/generation/image-to-video/result/{r.json()['id']}")
     assert res.status_code == 200 and res.headers["content-type"] == "video/mp4"
+
+
+def _rotated_jpeg(w: int, h: int) -> bytes:
+    import io
+
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = 6                     # stored sideways: viewers turn it a quarter
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (20, 200, 20)).save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_exif_orientation_decides_the_video_size(client, server):
+    r = start(client, image=_rotated_jpeg(1024, 576))
+    assert r.status_code == 200
+    assert wait_done(client, r.json()["id"]).status_code == 200
+    assert server.generator.calls[-1].image.size == (576, 1024)
+    body = assert_error(start(client, image=_rotated_jpeg(96, 64)), 400, "bad_request", "image")
+    assert "64x96" in body["errors"][0]

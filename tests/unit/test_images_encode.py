@@ -89,3 +89,14 @@ def test_colours_survive_the_round_trip(tmp_path):
     decoded = decode_frames((tmp_path / "c.mp4").read_bytes())
     for colour, frame in zip(colours, decoded):
         assert np.abs(frame[32, 32].astype(int) - colour).max() <= 4
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (96, 64), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6                                    # rotate 90 degrees clockwise to view
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    data = buf.getvalue()
+    assert (probe(data).width, probe(data).height) == (96, 64)
+    assert decode_rgb(data, probe(data)).size == (64, 96)
