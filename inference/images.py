@@ -7,6 +7,7 @@ is refused without allocating memory for it.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -112,6 +113,10 @@ def decode_rgb(data: bytes, info: ImageInfo) -> Image.Image:
     return img.convert("RGB")
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _short(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    """PIL's message for the client, without object addresses or other internals."""
+    text = _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__
     return text[:120]

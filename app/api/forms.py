@@ -9,6 +9,7 @@ import re
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
@@ -41,22 +42,26 @@ def _float_field(value, name: str, lo: float, hi: float, errors: list[str]) -> f
     return None
 
 
-def _limited(request: Request, limit: int) -> Request:
-    """The same request, with a body stream that fails once more than `limit` bytes arrive —
-    for chunked bodies too, and before the whole body is ever held in memory."""
-    received = 0
-    receive = request.receive
+class _LimitedBody:
+    """The request's body stream, failing once more than `limit` bytes arrive — chunked
+    bodies too, before the whole body is ever held in memory — and keeping its last bytes,
+    to tell a complete multipart body from one cut short."""
 
-    async def limited_receive():
-        nonlocal received
-        message = await receive()
+    def __init__(self, request: Request, limit: int):
+        self.receive = request.receive
+        self.limit = limit
+        self.received = 0
+        self.tail = b""
+
+    async def __call__(self):
+        message = await self.receive()
         if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise ApiError.payload_too_large(limit)
+            chunk = message.get("body", b"")
+            self.received += len(chunk)
+            if self.received > self.limit:
+                raise ApiError.payload_too_large(self.limit)
+            self.tail = (self.tail + chunk)[-200:]
         return message
-
-    return Request(request.scope, limited_receive)
 
 
 async def read_form(request: Request, settings: Settings):
@@ -67,15 +72,30 @@ async def read_form(request: Request, settings: Settings):
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError.payload_too_large(limit)
+    body = _LimitedBody(request, limit)
     try:
-        return await _limited(request, limit).form(
+        form = await Request(request.scope, body).form(
             max_files=4, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
-    except MultiPartException as exc:
-        raise ApiError.bad_request(f"body: malformed multipart/form-data ({exc.message})") from None
+    except (MultiPartException, HTTPException) as exc:
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", "")
+        raise ApiError.bad_request(f"body: malformed multipart/form-data ({detail})") from None
     except ClientDisconnect:
         raise ApiError.bad_request("body: the client disconnected before the body ended") from None
     except (ValueError, KeyError, AssertionError) as exc:
         raise ApiError.bad_request(f"body: malformed multipart/form-data ({type(exc).__name__})") from None
+    boundary = _boundary(content_type)
+    if boundary and b"--" + boundary + b"--" not in body.tail:     # (an epilogue may follow)
+        await form.close()
+        raise ApiError.bad_request("body: the multipart body ends without its closing boundary")
+    return form
+
+
+def _boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary":
+            return value.strip().strip('"').encode("latin-1", "replace")
+    return None
 
 
 async def parse_generation(request: Request, settings: Settings) -> GenerationParams:

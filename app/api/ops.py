@@ -17,7 +17,9 @@ async def healthz():
 
 
 @router.get("/readyz", summary="200 once the model is loaded and a worker runs; 503 before "
-                               "that and while draining")
+                               "that and while draining",
+            responses={503: {"description": "Starting (model loading) or draining",
+                             "headers": {"retry-after": {"schema": {"type": "string"}}}}})
 async def readyz(request: Request):
     body = request.app.state.runtime.readiness()
     if body["status"] == "ready":

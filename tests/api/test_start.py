@@ -237,3 +237,11 @@ def test_exif_orientation_decides_the_video_size(client, server):
     assert server.generator.calls[-1].image.size == (576, 1024)
     body = assert_error(start(client, image=_rotated_jpeg(96, 64)), 400, "bad_request", "image")
     assert "64x96" in body["errors"][0]
+
+
+def test_multipart_without_closing_boundary_is_named_as_such(client, server):
+    body = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+            + png_bytes() + b"\r\n")
+    r = client.post(URL, content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert "closing boundary" in assert_error(r, 400, "bad_request", "body")["errors"][0]
+    assert total_jobs(server) == 0
