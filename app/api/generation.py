@@ -92,8 +92,9 @@ POLL_RESPONSES = {
     200: {"description": "The video: MP4 bytes, or JSON with base64 when Accept is application/json.",
           "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}},
                       "application/json": {"schema": VideoGenerationResponse.model_json_schema()}},
-          "headers": {"finish-reason": {"schema": {"type": "string", "enum": ["SUCCESS", "CONTENT_FILTERED"]}},
-                      "seed": {"schema": {"type": "string"}}}},
+          "headers": {"finish-reason": {"required": True, "schema": {
+                          "type": "string", "enum": ["SUCCESS", "CONTENT_FILTERED"]}},
+                      "seed": {"required": True, "schema": {"type": "string"}}}},
     202: {"model": AsyncGenerationResponse, "description": "Still queued or running."},
     **error_responses(401, 404, 500),
 }

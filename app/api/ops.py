@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from app.api.generation import DRAINING_RETRY_S
+from app.api.schemas import RETRY_AFTER
 
 router = APIRouter(tags=["Operations"])
 
@@ -19,7 +20,8 @@ async def healthz():
 @router.get("/readyz", summary="200 once the model is loaded and a worker runs; 503 before "
                                "that and while draining",
             responses={503: {"description": "Starting (model loading) or draining",
-                             "headers": {"retry-after": {"schema": {"type": "string"}}}}})
+                             "content": {"application/json": {"schema": {"type": "object"}}},
+                             "headers": RETRY_AFTER}})
 async def readyz(request: Request):
     body = request.app.state.runtime.readiness()
     if body["status"] == "ready":
@@ -27,7 +29,9 @@ async def readyz(request: Request):
     return JSONResponse(body, status_code=503, headers={"retry-after": str(DRAINING_RETRY_S)})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"description": "Prometheus text format",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(request: Request):
     # Job counts come from the database at scrape time: off the event loop.
     data = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)

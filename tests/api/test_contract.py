@@ -72,6 +72,19 @@ def contract_server(tmp_path_factory):
         yield server
 
 
+# Framing headers belong to the HTTP client, not to the API: a generated `content-length: }"Qo`
+# makes the request invalid HTTP, which the HTTP server itself refuses (plain 400) before any
+# application code runs. The case still runs, with its path, query and body, minus those.
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection", "te", "upgrade"}
+
+
+def call(case, server):
+    if case.headers:
+        for name in [n for n in case.headers if n.lower() in FRAMING_HEADERS]:
+            del case.headers[name]
+    case.call_and_validate(base_url=server.url, headers=AUTH, checks=CHECKS)
+
+
 # --- the Stability spec: loaded at import, so pytest parametrizes it directly ---------------
 
 stability = schemathesis.openapi.from_path(SPEC, config=schemathesis.Config(seed=SEED))
@@ -80,7 +93,7 @@ stability = schemathesis.openapi.from_path(SPEC, config=schemathesis.Config(seed
 @stability.parametrize()
 @HYPOTHESIS
 def test_stability_spec(case, contract_server):
-    case.call_and_validate(base_url=contract_server.url, headers=AUTH, checks=CHECKS)
+    call(case, contract_server)
     GENERATED["stability"][case.operation.label] += 1
 
 
@@ -108,7 +121,7 @@ own = schemathesis.pytest.from_fixture("own_schema")
 @HYPOTHESIS
 @pytest.mark.usefixtures("_node_id_compat")
 def test_own_openapi(case, contract_server):
-    case.call_and_validate(base_url=contract_server.url, headers=AUTH, checks=CHECKS)
+    call(case, contract_server)
     GENERATED["own"][case.operation.label] += 1
 
 
