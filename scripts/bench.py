@@ -6,6 +6,13 @@
 
 `api`: HTTP and queue overhead against calling the generator directly, and poll latency
 (tiny model on the CPU); see scripts/bench_api.py.
+
+    python scripts/bench.py load [--clients 50] [--duration 60] [--keys 5] [--rate-limit 150/10s]
+                                 [--max-queued 100] [--max-queued-per-key 20] [--quick]
+                                 [--json OUT.json]
+
+`load`: many concurrent clients against one server: status codes, Retry-After on refusals,
+poll and /healthz latency, server memory; see scripts/bench_load.py.
 """
 from __future__ import annotations
 
@@ -17,12 +24,14 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]   # run as a file: app, inference, bench_* importable
 
 import bench_api  # noqa: E402
+import bench_load  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     bench_api.add_parser(sub)
+    bench_load.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -110,47 +110,56 @@ def calibrate(direct: Direct, target: float, frames: int) -> tuple[int, int, flo
     return frames, steps, took
 
 
-@contextmanager
-def serving(size: str, frames: int, steps: int):
-    """Yield (client, store): a keep-alive client of a running server, and its job store."""
-    import httpx
+class Server:
+    """A running `python -m app.cli serve`: its URL, keys, process and log."""
 
-    from app.jobs.sql import SqlJobStore
+    def __init__(self, url: str, keys: list[str], proc, data: Path, log_path: Path):
+        self.url, self.keys, self.proc, self.data, self.log_path = url, keys, proc, data, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return self.log()[-3000:]
+
+
+@contextmanager
+def server_process(size: str, frames: int, steps: int, keys: int = 1,
+                   env: dict[str, str] | None = None):
+    """Yield a Server (tiny model) on a free port once /readyz answers 200, with `keys`
+    random API keys and `env` added to its environment; stop it afterwards."""
+    import httpx
     with socket.socket() as sock:                      # a free port
         sock.bind(("127.0.0.1", 0))
-        key, port = secrets.token_hex(16), sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    api_keys = [secrets.token_hex(16) for _ in range(keys)]
     with tempfile.TemporaryDirectory(prefix="svd-bench-") as tmp:
         data, log_path = Path(tmp) / "data", Path(tmp) / "server.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SVD_")}
-        env.update(SVD_MODEL="tiny", SVD_API_KEYS=key, SVD_ALLOWED_SIZES=size,
-                   SVD_NUM_FRAMES=str(frames), SVD_STEPS=str(steps), SVD_DATA_DIR=str(data),
-                   SVD_PORT=str(port), SVD_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SVD_")}
+        full_env.update(SVD_MODEL="tiny", SVD_API_KEYS=",".join(api_keys), SVD_ALLOWED_SIZES=size,
+                        SVD_NUM_FRAMES=str(frames), SVD_STEPS=str(steps), SVD_DATA_DIR=str(data),
+                        SVD_PORT=str(port), SVD_LOG_LEVEL="warning", PYTHONUNBUFFERED="1",
+                        **(env or {}))
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                    env=env, stdout=log, stderr=subprocess.STDOUT)
-
-        def tail() -> str:
-            return log_path.read_text(errors="replace")[-3000:]
+                                    env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        server = Server(f"http://127.0.0.1:{port}", api_keys, proc, data, log_path)
         try:
-            url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+            deadline = time.monotonic() + 120
             while True:
                 if proc.poll() is not None:
-                    raise BenchError(f"server exited with {proc.returncode}:\n{tail()}")
+                    raise BenchError(f"server exited with {proc.returncode}:\n{server.tail()}")
                 if time.monotonic() > deadline:
-                    raise BenchError(f"server not ready in 120 s:\n{tail()}")
+                    raise BenchError(f"server not ready in 120 s:\n{server.tail()}")
                 try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-            store = SqlJobStore.from_url(f"sqlite:///{data / 'svd.db'}")
-            with httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"},
-                              timeout=30) as client:
-                yield client, store
-            store.engine.dispose()
+            yield server
         except httpx.HTTPError as exc:
-            raise BenchError(f"HTTP request failed: {exc!r}\nserver log:\n{tail()}") from exc
+            raise BenchError(f"HTTP request failed: {exc!r}\nserver log:\n{server.tail()}") from exc
         finally:                                        # terminate, then kill
             proc.terminate()
             try:
@@ -158,6 +167,22 @@ def serving(size: str, frames: int, steps: int):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+@contextmanager
+def serving(size: str, frames: int, steps: int):
+    """Yield (client, store): a keep-alive client of a running server, and its job store."""
+    import httpx
+
+    from app.jobs.sql import SqlJobStore
+    with server_process(size, frames, steps) as server:
+        store = SqlJobStore.from_url(f"sqlite:///{server.data / 'svd.db'}")
+        try:
+            with httpx.Client(base_url=server.url, timeout=30,
+                              headers={"authorization": f"Bearer {server.keys[0]}"}) as client:
+                yield client, store
+        finally:
+            store.engine.dispose()
 
 
 def http_job(client, store, image: bytes, seed: int, interval: float, timeout: float,
@@ -208,22 +233,30 @@ def report(res: dict) -> None:
          f"{res['poll_max_ms']:.1f} (n={res['poll_count']})", f"p99 < {TARGET_POLL_P99_MS:g}",
          ok["poll_p99"]),
     ]
+    print_table(f"svd-server API benchmark: {res['jobs']} job(s)", rows)
+
+
+def print_table(title: str, rows: list[tuple]) -> None:
+    """Rows of (metric, value, target, passed), passed None where there is no target; a rich
+    table when rich is installed, plain columns otherwise."""
     marks = {None: "", True: "PASS", False: "MISS"}
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
+        print(title)
         width = max(len(r[0]) for r in rows)
         for name, value, target, passed in rows:
             print(f"{name:<{width}}  {value:<40}  {target:<10}  {marks[passed]}")
         return
-    table = Table(title=f"svd-server API benchmark: {res['jobs']} job(s)")
+    table = Table(title=title)
     for col in ("metric", "value", "target", ""):
         table.add_column(col, no_wrap=True)
     for name, value, target, passed in rows:
         style = {True: "green", False: "red"}.get(passed, "default")
         table.add_row(name, value, target, f"[{style}]{marks[passed]}[/]")
-    Console(width=max(100, Console().width)).print(table)
+    needed = sum(max(len(str(r[i])) for r in rows) for i in range(3)) + 4 + 13  # + borders
+    Console(width=max(100, needed, Console().width)).print(table)
 
 
 def cmd_api(args) -> int:
