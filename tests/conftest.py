@@ -28,6 +28,36 @@ def skip_or_fail(reason: str):
     pytest.skip(reason)
 
 
+PG_ADMIN_URL = os.environ.get("SVD_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from app.jobs.sql import sqlalchemy_url
+    admin = create_engine(sqlalchemy_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        skip_or_fail(f"no PostgreSQL at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    name = f"svd_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def make_settings(tmp_path, **overrides) -> Settings:
     values = dict(data_dir=tmp_path / "data", api_keys=f"{KEY_A},{KEY_B}", allowed_sizes=TEST_SIZES,
                   workers=1, sweep_interval_s=3600)

@@ -58,17 +58,16 @@ class JobService:
 
     def submit(self, owner: str, params: GenerationParams) -> Job:
         """Queue a generation. Raises QueueFull instead of letting the queue grow without
-        bound. (Count, then insert: concurrent submits can overshoot by a few.)"""
-        if self.max_queued_per_key and \
-                self.store.count(JobState.QUEUED, owner) >= self.max_queued_per_key:
-            raise QueueFull(f"this key already has {self.max_queued_per_key} generations queued")
-        if self.max_queued and self.store.count(JobState.QUEUED) >= self.max_queued:
-            raise QueueFull(f"the server's queue is full ({self.max_queued} generations)")
+        bound; the store checks the bounds and inserts in one atomic step."""
         job = Job(id=new_job_id(), owner=owner, seed=params.seed or random_seed(),
                   cfg_scale=params.cfg_scale, motion_bucket_id=params.motion_bucket_id,
                   width=params.width, height=params.height, created_at=time.time(),
                   image=params.image)
-        self.store.create(job)
+        refused = self.store.create(job, self.max_queued, self.max_queued_per_key)
+        if refused == "owner":
+            raise QueueFull(f"this key already has {self.max_queued_per_key} generations queued")
+        if refused:
+            raise QueueFull(f"the server's queue is full ({self.max_queued} generations)")
         self.wake.set()
         return job
 

@@ -6,7 +6,7 @@ for queries, and a test checks the two agree.
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
-                        Text, create_engine, delete, event, func, select, update)
+                        Text, create_engine, delete, event, func, literal, select, text, update)
 from sqlalchemy.engine import Engine
 
 from app.jobs.model import Job, JobState
@@ -44,6 +44,7 @@ jobs = Table(
 )
 
 _FIELDS = [c.name for c in jobs.columns if c.name != "image"]
+_SUBMIT_LOCK_ID = 0x5FD5E5     # PostgreSQL advisory lock: bounded submits take turns
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -84,12 +85,36 @@ class SqlJobStore:
     def from_url(cls, url: str) -> "SqlJobStore":
         return cls(make_engine(url))
 
-    def create(self, job):
+    def create(self, job, max_queued=0, max_queued_per_owner=0):
         values = {name: getattr(job, name) for name in _FIELDS}
         values["state"] = job.state.value
         values["image"] = job.image
+        if not (max_queued or max_queued_per_owner):
+            with self.engine.begin() as c:
+                c.execute(jobs.insert().values(**values))
+            return None
+        queued = jobs.c.state == JobState.QUEUED.value
+        room = []
+        if max_queued_per_owner:
+            room.append(select(func.count()).where(queued, jobs.c.owner == job.owner)
+                        .correlate(None).scalar_subquery() < max_queued_per_owner)
+        if max_queued:
+            room.append(select(func.count()).where(queued).correlate(None).scalar_subquery()
+                        < max_queued)
+        names = list(values)
+        row = select(*[literal(values[n], jobs.c[n].type).label(n) for n in names]).where(*room)
         with self.engine.begin() as c:
-            c.execute(jobs.insert().values(**values))
+            if c.dialect.name == "postgresql":
+                # Under READ COMMITTED two submits could both see room for one: take turns.
+                c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SUBMIT_LOCK_ID})
+            inserted = c.execute(jobs.insert().from_select(names, row).returning(jobs.c.id))
+            if inserted.first() is not None:
+                return None
+            if max_queued_per_owner and c.execute(
+                    select(func.count()).where(queued, jobs.c.owner == job.owner)
+            ).scalar_one() >= max_queued_per_owner:
+                return "owner"
+            return "total"
 
     def get(self, job_id, with_image=False):
         cols = [jobs.c[n] for n in _FIELDS] + ([jobs.c.image] if with_image else [])

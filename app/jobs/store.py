@@ -14,7 +14,10 @@ from app.jobs.model import Job, JobState
 
 
 class JobStore(Protocol):
-    def create(self, job: Job) -> None: ...
+    def create(self, job: Job, max_queued: int = 0, max_queued_per_owner: int = 0) -> str | None:
+        """Insert a queued job, unless that would put more than `max_queued` jobs in the queue
+        or more than `max_queued_per_owner` of its owner's (0 = no bound). Check and insert
+        are one atomic step. Returns None when inserted, else "owner" or "total"."""
 
     def get(self, job_id: str, with_image: bool = False) -> Job | None: ...
 
@@ -62,9 +65,16 @@ class MemoryJobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def create(self, job):
+    def create(self, job, max_queued=0, max_queued_per_owner=0):
         with self._lock:
+            queued = [j for j in self._jobs.values() if j.state == JobState.QUEUED]
+            if max_queued_per_owner and \
+                    sum(j.owner == job.owner for j in queued) >= max_queued_per_owner:
+                return "owner"
+            if max_queued and len(queued) >= max_queued:
+                return "total"
             self._jobs[job.id] = copy.copy(job)
+            return None
 
     def get(self, job_id, with_image=False):
         with self._lock:

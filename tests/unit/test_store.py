@@ -22,9 +22,18 @@ def sqlite_store(tmp_path):
     return SqlJobStore(engine)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request, tmp_path):
-    s = MemoryJobStore() if request.param == "memory" else sqlite_store(tmp_path)
+    if request.param == "memory":
+        s = MemoryJobStore()
+    elif request.param == "sqlite":
+        s = sqlite_store(tmp_path)
+    else:
+        engine = make_engine(request.getfixturevalue("postgres_url"))
+        migrate.upgrade(engine)
+        with engine.begin() as c:
+            c.execute(text("TRUNCATE jobs"))
+        s = SqlJobStore(engine)
     yield s
     s.close()
 
@@ -71,6 +80,33 @@ def test_concurrent_claims_never_share_a_job(store):
     for t in threads:
         t.join()
     assert len(got) == 30 and len(set(got)) == 30
+
+
+def test_queue_bounds_hold_under_concurrent_submits(store):
+    owners = ["a" * 64, "b" * 64]
+    refused, lock = [], threading.Lock()
+
+    def submitter(i):
+        for n in range(10):
+            reason = store.create(job(created=T0 + n, owner=owners[i % 2]), max_queued=12,
+                                  max_queued_per_owner=7)
+            if reason:
+                with lock:
+                    refused.append(reason)
+
+    threads = [threading.Thread(target=submitter, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    per_owner = [store.count(JobState.QUEUED, o) for o in owners]
+    assert store.count(JobState.QUEUED) == 12 and max(per_owner) <= 7
+    assert len(refused) == 60 - 12 and set(refused) <= {"owner", "total"}
+    assert store.create(job(owner="c" * 64), max_queued=12) == "total"
+    fullest = max(owners, key=lambda o: store.count(JobState.QUEUED, o))
+    assert store.create(job(owner=fullest),
+                        max_queued_per_owner=store.count(JobState.QUEUED, fullest)) == "owner"
+    assert store.create(job(owner="c" * 64)) is None          # no bounds: always room
 
 
 def test_finish_is_conditional_on_the_claim(store):
