@@ -74,6 +74,27 @@ def cmd_serve(args) -> int:
     return 0 if server.started else 1
 
 
+def cmd_worker(args) -> int:
+    from app.worker_process import run_worker, supervise
+
+    settings = load_settings()
+    if settings is None:
+        return 2
+    _logging(settings.log_level)
+    if args.gpus:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        passed = ["--metrics-port", str(args.metrics_port)] if args.metrics_port else []
+        return supervise(gpus, passed)
+    try:
+        return run_worker(settings, args.metrics_port)
+    except SystemExit as exc:              # e.g. schema not current: said clearly, exit 2
+        logging.getLogger("svd").critical("cannot start: %s", exc)
+        return 2
+    except Exception as exc:               # ModelUnavailable and friends
+        logging.getLogger("svd").critical("cannot start: %s", exc)
+        return 2
+
+
 def cmd_db_upgrade(args) -> int:
     from app.jobs import migrate
     from app.jobs.sql import make_engine
@@ -103,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="overrides SVD_PORT")
     serve.add_argument("--no-worker", action="store_true", help="API only (SVD_WORKERS=0)")
     serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="run a worker only (no HTTP API), sharing the "
+                                           "queue through SVD_DATABASE_URL")
+    worker.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
+    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    worker.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)

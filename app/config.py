@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_queued_per_key: int = Field(20, ge=0)
     drain_grace_s: float = Field(30.0, ge=0)  # SIGTERM: how long the running job may finish
     cors_origins: str = ""                   # comma-separated; empty: no CORS headers at all
+    # Scale-out (docs/scaling.md).
+    result_store: Literal["auto", "files", "database"] = "auto"   # auto: files on SQLite
+    worker_name: str = ""                    # `svd-server worker`: default <host>/gpu<N>
     # Testing only: SIGKILL this process when a job reaches the phase (see docs/operations.md).
     fault_crash_at: Literal["", "queued", "denoise", "encode", "write"] = ""
 
@@ -111,6 +114,14 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'svd.db').resolve()}"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.resolved_database_url.startswith(("postgresql", "postgres:"))
+
+    @property
+    def results_in_database(self) -> bool:
+        return self.result_store == "database" or (self.result_store == "auto" and self.uses_postgres)
 
     @property
     def results_dir(self) -> Path:

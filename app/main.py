@@ -18,16 +18,15 @@ from app.api.errors import install_error_handlers
 from app.api.limits import RateLimiter
 from app.api.middleware import RequestMiddleware
 from app.config import Settings
-from app.jobs import migrate
+from app.jobs.notify import Listener
 from app.jobs.service import JobService
-from app.jobs.sql import SqlJobStore
 from app.jobs.sweeper import sweep
 from app.jobs.worker import Worker, WorkerConfig
 from app.keys import KeyRing, load_or_create_key
 from app.logs import kv
 from app.metrics import Metrics
 from app.runtime import Runtime
-from app.storage import FileResultStore
+from app.stores import open_job_store, open_result_store
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +121,8 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
         log.warning("API key: read it from %s", (settings.data_dir / "api_key").resolve())
     app.state.keyring = KeyRing(keys)
 
-    store = SqlJobStore.from_url(settings.resolved_database_url)
-    if store.engine.dialect.name == "sqlite":
-        log.info("database %s at schema revision %s", store.engine.url.database,
-                 migrate.upgrade(store.engine))
-    else:
-        migrate.check_not_newer(store.engine)
-        if not migrate.is_current(store.engine):
-            raise SystemExit("the database schema is not current: run `svd-server db upgrade`")
-    results = FileResultStore(settings.results_dir)
-    results.remove_stale_temps()
+    store = open_job_store(settings)
+    results = open_result_store(settings, store)
     wake = threading.Event()
     metrics = app.state.metrics
     metrics.watch_store(store.count)
@@ -141,10 +132,7 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
                                    settings.max_queued_per_key)
 
     now = time.time()
-    config = WorkerConfig(lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
-                          max_attempts=settings.max_attempts, job_timeout_s=settings.job_timeout_s,
-                          result_ttl_s=settings.result_ttl_s, output_fps=settings.output_fps,
-                          crash_at=settings.fault_crash_at)
+    config = WorkerConfig.from_settings(settings)
     if settings.fault_crash_at:
         log.warning(kv(event="fault_hook_armed", crash_at=settings.fault_crash_at))
     for name in worker_names(settings):
@@ -156,9 +144,14 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
                                       runtime.on_fatal, metrics))
     for worker in runtime.workers:
         worker.start()
+    if runtime.workers and settings.uses_postgres:      # wake-ups from other API processes
+        app.state.listener = Listener(settings.resolved_database_url, wake).start()
 
 
 def _stop(app: FastAPI, runtime: Runtime) -> None:
+    listener = getattr(app.state, "listener", None)
+    if listener is not None:
+        listener.stop()
     for worker in runtime.workers:
         worker.stopping.set()
     for worker in runtime.workers:

@@ -1,14 +1,67 @@
-"""Result bytes (the MP4s): files under the data dir, written atomically.
+"""Result bytes (the MP4s), behind one small interface: files under the data dir (the
+embedded default) or rows in the database (`app/storage_db.py`, for several machines).
 
 Keys are made here from validated job ids only; no path is ever built from user input.
+Writers encode to a local temp file first, then `commit` it: readers see all or nothing.
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+from typing import Protocol
 
 _KEY_RE = re.compile(r"^[0-9a-f]{64}\.mp4$")
+
+
+def key_for(job_id: str) -> str:
+    key = f"{job_id}.mp4"
+    if not _KEY_RE.match(key):
+        raise ValueError("invalid job id for a result key")
+    return key
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key):
+        raise ValueError("invalid result key")
+    return key
+
+
+class ResultStore(Protocol):
+    def key_for(self, job_id: str) -> str: ...
+
+    def temp_path(self, key: str) -> Path:
+        """A local file to encode into before `commit`."""
+
+    def commit(self, temp: Path, key: str) -> None:
+        """Make the temp file durable under `key`, all at once."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A file to send as it is, when the store has one; else use `read`."""
+
+    def read(self, key: str) -> bytes: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def remove_stale_temps(self) -> int: ...
+
+
+def remove_dead_temps(folder: Path) -> int:
+    """Temp files left by a process that died mid-write (its pid no longer runs)."""
+    n = 0
+    for p in folder.glob(".*.tmp"):
+        try:
+            os.kill(int(p.name.rsplit(".", 2)[-2]), 0)
+            continue                      # still being written by a live process
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 class FileResultStore:
@@ -16,17 +69,16 @@ class FileResultStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    @staticmethod
-    def key_for(job_id: str) -> str:
-        key = f"{job_id}.mp4"
-        if not _KEY_RE.match(key):
-            raise ValueError("invalid job id for a result key")
-        return key
+    key_for = staticmethod(key_for)
 
     def path(self, key: str) -> Path:
-        if not _KEY_RE.match(key):
-            raise ValueError("invalid result key")
-        return self.root / key
+        return self.root / check_key(key)
+
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
+
+    def read(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
 
     def temp_path(self, key: str) -> Path:
         """Where to write a result before `commit`; a crash leaves only a temp file behind."""
@@ -50,16 +102,4 @@ class FileResultStore:
         self.path(key).unlink(missing_ok=True)
 
     def remove_stale_temps(self) -> int:
-        """Temp files left by a process that died mid-write (its pid no longer runs)."""
-        n = 0
-        for p in self.root.glob(".*.tmp"):
-            try:
-                os.kill(int(p.name.rsplit(".", 2)[-2]), 0)
-                continue                      # still being written by a live process
-            except (ValueError, ProcessLookupError):
-                pass
-            except PermissionError:
-                continue
-            p.unlink(missing_ok=True)
-            n += 1
-        return n
+        return remove_dead_temps(self.root)

@@ -68,7 +68,8 @@ async def start(request: Request, owner: str = Depends(require_owner)):
 async def result(id: str, request: Request, owner: str = Depends(require_owner)):
     if not JOB_ID_RE.match(id):
         raise ApiError.generation_not_found()
-    view = await run_in_threadpool(request.app.state.service.find, owner, id)
+    state = request.app.state
+    view = await run_in_threadpool(state.service.find, owner, id)
     if view is None:
         raise ApiError.generation_not_found()
     job = view.job
@@ -80,12 +81,17 @@ async def result(id: str, request: Request, owner: str = Depends(require_owner))
         raise ApiError(500, "internal_error", ["generation: the video could not be generated"],
                        f"Generation failed: {(job.error or 'unknown error')[:200]}")
     headers = {"finish-reason": job.finish_reason or "SUCCESS", "seed": str(job.seed)}
+    results = state.results
     if wants_json(request.headers.get("accept")):
-        data = await run_in_threadpool(view.result_path.read_bytes)
+        data = await run_in_threadpool(results.read, job.result_key)
         body = {"video": base64.b64encode(data).decode("ascii"),
                 "finish_reason": job.finish_reason or "SUCCESS", "seed": job.seed}
         return JSONResponse(body, media_type=JSON_VIDEO, headers=headers)
-    return FileResponse(view.result_path, media_type="video/mp4", headers=headers)
+    path = results.local_path(job.result_key)
+    if path is not None:
+        return FileResponse(path, media_type="video/mp4", headers=headers)
+    data = await run_in_threadpool(results.read, job.result_key)
+    return Response(data, media_type="video/mp4", headers=headers)
 
 
 POLL_RESPONSES = {

@@ -6,11 +6,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from app.jobs.model import Job, JobState, new_job_id
 from app.jobs.store import JobStore
-from app.storage import FileResultStore
+from app.storage import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,6 @@ class GenerationParams:
 class JobView:
     """What a poll needs to answer."""
     job: Job
-    result_path: Path | None = None     # set when succeeded
 
 
 class QueueFull(Exception):
@@ -48,7 +46,7 @@ def random_seed() -> int:
 
 
 class JobService:
-    def __init__(self, store: JobStore, results: FileResultStore, wake: threading.Event | None = None,
+    def __init__(self, store: JobStore, results: ResultStore, wake: threading.Event | None = None,
                  max_queued: int = 0, max_queued_per_key: int = 0):
         self.store = store
         self.results = results
@@ -82,5 +80,4 @@ class JobService:
             if not job.result_key or not self.results.exists(job.result_key):
                 log.error("job %s succeeded but its result is missing", job.id)
                 return None
-            return JobView(job, self.results.path(job.result_key))
         return JobView(job)

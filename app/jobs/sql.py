@@ -5,6 +5,9 @@ for queries, and a test checks the two agree.
 """
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
+
 from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
                         Text, create_engine, delete, event, func, literal, select, text, update)
 from sqlalchemy.engine import Engine
@@ -43,8 +46,18 @@ jobs = Table(
     Index("ix_jobs_owner_state", "owner", "state"),
 )
 
+# Result bytes when SVD_RESULT_STORE=database (app/storage_db.py): any API process can then
+# serve any video. Keyed like the files of the file store.
+results = Table(
+    "results", metadata,
+    Column("key", String(80), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 _FIELDS = [c.name for c in jobs.columns if c.name != "image"]
 _SUBMIT_LOCK_ID = 0x5FD5E5     # PostgreSQL advisory lock: bounded submits take turns
+NOTIFY_CHANNEL = "svd_jobs"    # PostgreSQL: a new job was queued
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -92,6 +105,7 @@ class SqlJobStore:
         if not (max_queued or max_queued_per_owner):
             with self.engine.begin() as c:
                 c.execute(jobs.insert().values(**values))
+                self._announce(c)
             return None
         queued = jobs.c.state == JobState.QUEUED.value
         room = []
@@ -109,12 +123,36 @@ class SqlJobStore:
                 c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SUBMIT_LOCK_ID})
             inserted = c.execute(jobs.insert().from_select(names, row).returning(jobs.c.id))
             if inserted.first() is not None:
+                self._announce(c)
                 return None
             if max_queued_per_owner and c.execute(
                     select(func.count()).where(queued, jobs.c.owner == job.owner)
             ).scalar_one() >= max_queued_per_owner:
                 return "owner"
             return "total"
+
+    @staticmethod
+    def _announce(c) -> None:
+        """Wake idle workers on other processes (PostgreSQL); delivered when the insert commits."""
+        if c.dialect.name == "postgresql":
+            c.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+    @contextmanager
+    def exclusive(self, name: str):
+        """Yields True in at most one process cluster-wide at a time (PostgreSQL advisory
+        lock), False elsewhere. On SQLite, one process owns the file: always True."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with self.engine.connect() as c:
+            got = c.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+            try:
+                yield bool(got)
+            finally:
+                if got:
+                    c.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    c.commit()
 
     def get(self, job_id, with_image=False):
         cols = [jobs.c[n] for n in _FIELDS] + ([jobs.c.image] if with_image else [])

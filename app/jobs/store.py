@@ -6,6 +6,7 @@ lease expired cannot overwrite anything.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from typing import Protocol
@@ -51,6 +52,9 @@ class JobStore(Protocol):
     def delete(self, job_id: str) -> None: ...
 
     def count(self, state: JobState, owner: str | None = None) -> int: ...
+
+    def exclusive(self, name: str):
+        """Context manager yielding True in one process at a time (for housekeeping)."""
 
     def close(self) -> None: ...
 
@@ -179,6 +183,10 @@ class MemoryJobStore:
         with self._lock:
             return sum(1 for j in self._jobs.values()
                        if j.state == state and (owner is None or j.owner == owner))
+
+    @contextlib.contextmanager
+    def exclusive(self, name):
+        yield True
 
     def close(self):
         pass

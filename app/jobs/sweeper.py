@@ -6,14 +6,20 @@ import time
 
 from app.config import Settings
 from app.logs import kv
-from app.storage import FileResultStore
+from app.storage import ResultStore
 
 log = logging.getLogger(__name__)
 BATCH = 100
 
 
-def sweep(store, results: FileResultStore, settings: Settings, metrics=None) -> int:
-    """One pass. Returns how many expired generations were removed."""
+def sweep(store, results: ResultStore, settings: Settings, metrics=None) -> int:
+    """One pass, in one process of the cluster at a time. Returns how many expired
+    generations were removed (0 where another process holds the sweep)."""
+    with store.exclusive("svd-sweeper") as mine:
+        return _sweep(store, results, settings, metrics) if mine else 0
+
+
+def _sweep(store, results: ResultStore, settings: Settings, metrics) -> int:
     now = time.time()
     requeued = store.requeue_expired(now, settings.max_attempts, now + settings.result_ttl_s)
     if requeued:

@@ -20,7 +20,7 @@ from typing import Callable
 from app.jobs.model import Job, JobState
 from app.jobs.store import JobStore
 from app.logs import kv
-from app.storage import FileResultStore
+from app.storage import ResultStore
 from inference.base import (LOW_MEMORY_LEVELS, GenerationRequest,  # none of these import torch
                             is_out_of_memory)
 from inference.encode import encode_mp4
@@ -42,6 +42,13 @@ class WorkerConfig:
     output_fps: int = 7
     idle_poll_s: float = 1.0          # fallback when no wake-up arrives
     crash_at: str = ""                # fault hook for tests: "", queued, denoise, encode, write
+
+    @classmethod
+    def from_settings(cls, settings) -> "WorkerConfig":
+        return cls(lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
+                   max_attempts=settings.max_attempts, job_timeout_s=settings.job_timeout_s,
+                   result_ttl_s=settings.result_ttl_s, output_fps=settings.output_fps,
+                   crash_at=settings.fault_crash_at)
 
 
 class _Stop(Exception):
@@ -70,7 +77,7 @@ def _crash_here(phase: str) -> None:
 
 
 class Worker:
-    def __init__(self, name: str, store: JobStore, results: FileResultStore,
+    def __init__(self, name: str, store: JobStore, results: ResultStore,
                  generator_factory: Callable[[], object], config: WorkerConfig,
                  wake: threading.Event | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None, metrics=None):
