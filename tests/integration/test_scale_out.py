@@ -1,0 +1,105 @@
+"""Two API processes and three worker processes on one PostgreSQL; one worker is killed with
+SIGKILL in the middle of a job. Every job completes exactly once, and both APIs serve every
+video."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.jobs import migrate
+from app.jobs.sql import make_engine
+from tests.helpers import ROOT, ServerProcess, inspect_mp4, png_bytes
+
+pytestmark = pytest.mark.slow
+KEY = "scale-key"
+HEADERS = {"authorization": f"Bearer {KEY}"}
+JOBS = 12
+
+
+def test_two_apis_three_workers_one_killed(tmp_path, postgres_url):
+    engine = make_engine(postgres_url)
+    migrate.upgrade(engine)
+    with engine.begin() as c:
+        c.execute(text("TRUNCATE jobs, results"))
+    env = {"SVD_DATABASE_URL": postgres_url, "SVD_MODEL": "tiny", "SVD_API_KEYS": KEY,
+           "SVD_ALLOWED_SIZES": "64x64", "SVD_NUM_FRAMES": "4", "SVD_STEPS": "60",
+           "SVD_LEASE_S": "3", "SVD_HEARTBEAT_S": "1"}
+    apis = [ServerProcess(tmp_path / f"api{i}", {**env, "SVD_WORKERS": "0"}) for i in range(2)]
+    workers, logs = {}, {}
+    try:
+        for api in apis:
+            api.start()
+        for i in range(3):
+            name = f"test-host/gpu{i}"
+            logs[name] = tmp_path / f"worker{i}.log"
+            workers[name] = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT,
+                env={**os.environ, **env, "SVD_WORKER_NAME": name,
+                     "SVD_DATA_DIR": str(tmp_path / f"w{i}"), "PYTHONUNBUFFERED": "1"},
+                stdout=open(logs[name], "wb"), stderr=subprocess.STDOUT)
+        ids = []
+        for n in range(JOBS):
+            r = httpx.post(apis[n % 2].url + "/v2beta/image-to-video", headers=HEADERS,
+                           files={"image": ("a.png", png_bytes())}, data={"seed": str(n + 1)})
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["id"])
+
+        # Kill whichever worker is in the middle of a job.
+        deadline = time.time() + 120
+        while True:
+            with engine.connect() as c:
+                row = c.execute(text("SELECT id, worker FROM jobs WHERE state = 'running' "
+                                     "AND progress > 0 LIMIT 1")).first()
+            if row:
+                break
+            assert time.time() < deadline, "no job ever ran"
+            time.sleep(0.05)
+        killed_job, killed_worker = row
+        workers[killed_worker].kill()
+        workers[killed_worker].wait(10)
+
+        videos = {}
+        for job_id in ids:
+            for api in apis:                           # both APIs serve every video
+                deadline = time.time() + 180
+                while (r := httpx.get(f"{api.url}/v2beta/image-to-video/result/{job_id}",
+                                      headers=HEADERS, timeout=30)).status_code == 202:
+                    assert time.time() < deadline, f"job {job_id} never finished"
+                    time.sleep(0.1)
+                assert r.status_code == 200, r.text
+                assert inspect_mp4(r.content).frames == 4
+                videos.setdefault(job_id, set()).add(r.content)
+        assert all(len(v) == 1 for v in videos.values())  # the same bytes from both APIs
+
+        with engine.connect() as c:
+            rows = dict(c.execute(text("SELECT id, attempts FROM jobs WHERE state = 'succeeded'")).all())
+        assert set(rows) == set(ids)                         # lost: 0
+        assert rows[killed_job] == 2                         # claimed again exactly once
+        finished = Counter()
+        for name, path in logs.items():
+            finished.update(re.findall(r"job=([0-9a-f]{64}) event=succeeded", path.read_text()))
+        assert finished == Counter({job_id: 1 for job_id in ids})   # duplicates: 0
+        survivors = [w for n, w in workers.items() if n != killed_worker]
+        assert all(w.poll() is None for w in survivors)
+        print(f"scale-out: {JOBS} jobs, 1 worker killed mid-job ({killed_job[:8]}), "
+              f"0 lost, 0 duplicates, {sum(rows.values()) - JOBS} re-claim(s)")
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in workers.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for api in apis:
+            api.stop()
+        engine.dispose()
