@@ -30,9 +30,10 @@ RUN apt-get update \
 WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone: this layer (torch and friends, several GB) is
-# rebuilt only when the dependencies change, not on every code change.
+# rebuilt only when the dependencies change, not on every code change. The `postgres` extra
+# (psycopg) is for several processes sharing one PostgreSQL (docs/scaling.md).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; o = p['optional-dependencies']; print('\n'.join(p['dependencies'] + o['gpu'] + o['postgres']))" > /tmp/requirements.txt \
     && pip install "torch==${TORCH_VERSION}" -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
@@ -40,10 +41,10 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 COPY app ./app
 COPY inference ./inference
 COPY scripts ./scripts
-RUN pip install '.[gpu]' \
+RUN pip install '.[gpu,postgres]' \
     && rm -rf build ./*.egg-info \
     && svd-server --help > /dev/null \
-    && python -I -c "import app.main, inference.loader"
+    && python -I -c "import app.main, inference.loader, psycopg"
 
 # Non-root. The volume directories are created (and owned) before VOLUME, so that new named
 # volumes start out writable by this user.

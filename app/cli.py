@@ -83,8 +83,7 @@ def cmd_worker(args) -> int:
     _logging(settings.log_level)
     if args.gpus:
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
-        passed = ["--metrics-port", str(args.metrics_port)] if args.metrics_port else []
-        return supervise(gpus, passed)
+        return supervise(gpus, args.metrics_port)
     try:
         return run_worker(settings, args.metrics_port)
     except SystemExit as exc:              # e.g. schema not current: said clearly, exit 2
@@ -127,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run a worker only (no HTTP API), sharing the "
                                            "queue through SVD_DATABASE_URL")
     worker.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
-    worker.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    worker.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics on this port (with --gpus: port + i "
+                             "for the i-th listed GPU)")
     worker.set_defaults(func=cmd_worker)
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)

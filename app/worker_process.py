@@ -80,8 +80,9 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
     return 1 if runtime.fatal else 0
 
 
-def supervise(gpus: list[str], argv: list[str]) -> int:
-    """One `svd-server worker` child per GPU; restart a child that dies; pass SIGTERM on."""
+def supervise(gpus: list[str], metrics_port: int | None = None) -> int:
+    """One `svd-server worker` child per GPU; restart a child that dies; pass SIGTERM on.
+    With `metrics_port` N, the worker of the i-th listed GPU serves metrics on N + i."""
     host = socket.gethostname()
     children: dict[str, subprocess.Popen] = {}
     stopping = threading.Event()
@@ -89,7 +90,8 @@ def supervise(gpus: list[str], argv: list[str]) -> int:
     def spawn(gpu: str) -> subprocess.Popen:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu,
                "SVD_WORKER_NAME": f"{host}/gpu{gpu}"}
-        log.info(kv(event="worker_spawn", gpu=gpu))
+        argv = ["--metrics-port", str(metrics_port + gpus.index(gpu))] if metrics_port else []
+        log.info(kv(event="worker_spawn", gpu=gpu, metrics_port=argv[-1] if argv else None))
         return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *argv], env=env)
 
     def on_signal(signum, frame):

@@ -103,3 +103,48 @@ def test_two_apis_three_workers_one_killed(tmp_path, postgres_url):
         for api in apis:
             api.stop()
         engine.dispose()
+
+
+def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(tmp_path,
+                                                                               postgres_url):
+    import signal
+
+    from tests.helpers import free_port
+    engine = make_engine(postgres_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    port = free_port()
+    env = {**os.environ, "SVD_DATABASE_URL": postgres_url, "SVD_MODEL": "tiny",
+           "SVD_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "supervisor.log"
+    sup = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", "0,1",
+                            "--metrics-port", str(port)], cwd=ROOT, env=env,
+                           stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        def metrics(p):
+            try:
+                return httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        deadline = time.time() + 90
+        while not (metrics(port) and metrics(port + 1)):
+            assert sup.poll() is None, log.read_text()
+            assert time.time() < deadline, log.read_text()
+            time.sleep(0.2)
+        text_log = log.read_text()
+        assert "worker=" in text_log and "/gpu0" in text_log and "/gpu1" in text_log
+        # Kill the child of GPU 1: the supervisor starts it again.
+        child = subprocess.run(["pgrep", "-f", "-P", str(sup.pid), "app.cli worker"],
+                               capture_output=True, text=True).stdout.split()
+        assert len(child) == 2
+        os.kill(int(child[1]), signal.SIGKILL)
+        deadline = time.time() + 60
+        while "event=worker_died" not in log.read_text() or not (metrics(port) and metrics(port + 1)):
+            assert time.time() < deadline, log.read_text()
+            time.sleep(0.2)
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(60) == 0
+    finally:
+        if sup.poll() is None:
+            sup.kill()
