@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from app.api import generation, ops
+from app.api import generation, ops, playground
 from app.api.errors import install_error_handlers
 from app.api.limits import RateLimiter
 from app.api.middleware import RequestMiddleware
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
     app.add_middleware(RequestMiddleware, model_label=lambda: runtime.model_label, metrics=metrics)
     app.include_router(generation.router)
     app.include_router(ops.router)
+    app.include_router(playground.router)
     app.openapi = lambda: openapi_document(app)
     return app
 

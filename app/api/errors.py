@@ -48,6 +48,11 @@ class ApiError(Exception):
                    "No generation with that id exists for this API key, or it has expired.")
 
     @classmethod
+    def generation_cancelled(cls) -> "ApiError":
+        return cls(404, "generation_not_found", ["id: the generation was cancelled"],
+                   "This generation was cancelled by its owner.")
+
+    @classmethod
     def payload_too_large(cls, limit_bytes: int) -> "ApiError":
         mib = limit_bytes / (1024 * 1024)
         size = f"{mib:g}MiB" if mib >= 1 else f"{limit_bytes} bytes"

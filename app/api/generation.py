@@ -6,12 +6,13 @@ import logging
 import re
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import require_owner
 from app.api.errors import ApiError
 from app.api.forms import parse_generation
+from app.api.events import event_stream
 from app.api.schemas import (IMAGE_TO_VIDEO_FORM, AsyncGenerationResponse,
                              VideoGenerationResponse, error_responses)
 from app.jobs.model import JobState
@@ -74,9 +75,11 @@ async def result(id: str, request: Request, owner: str = Depends(require_owner))
         raise ApiError.generation_not_found()
     job = view.job
     if job.state in (JobState.QUEUED, JobState.RUNNING):
-        return JSONResponse({"id": job.id, "status": "in-progress"}, status_code=202)
+        # `status` stays exactly "in-progress" (clients test that value); the rest is extra.
+        extra = await run_in_threadpool(state.service.progress, job)
+        return JSONResponse({"id": job.id, "status": "in-progress", **extra}, status_code=202)
     if job.state == JobState.CANCELLED:
-        raise ApiError.generation_not_found()
+        raise ApiError.generation_cancelled()
     if job.state == JobState.FAILED:
         raise ApiError(500, "internal_error", ["generation: the video could not be generated"],
                        f"Generation failed: {(job.error or 'unknown error')[:200]}")
@@ -94,6 +97,35 @@ async def result(id: str, request: Request, owner: str = Depends(require_owner))
     return Response(data, media_type="video/mp4", headers=headers)
 
 
+async def cancel(id: str, request: Request, owner: str = Depends(require_owner)):
+    if not JOB_ID_RE.match(id):
+        raise ApiError.generation_not_found()
+    state = request.app.state
+    outcome = await run_in_threadpool(state.service.cancel, owner, id, state.settings.result_ttl_s)
+    if outcome is None:
+        raise ApiError.generation_not_found()
+    if outcome == "finished":
+        raise ApiError(409, "generation_finished", ["id: the generation has already finished"],
+                       "Too late to cancel: the generation has finished.")
+    log.info(kv(request_id=request_id.get(), job=id, event="cancel_requested", outcome=outcome))
+    # "cancelled": a queued job, done now; "cancelling": a running one, stops at its next step.
+    return JSONResponse({"id": id, "status": "cancelled" if outcome == "cancelled" else "cancelling"})
+
+
+async def events(id: str, request: Request, owner: str = Depends(require_owner)):
+    if not JOB_ID_RE.match(id):
+        raise ApiError.generation_not_found()
+    state = request.app.state
+    if await run_in_threadpool(state.service.find, owner, id) is None:
+        raise ApiError.generation_not_found()
+    try:
+        last_seen = int(request.headers.get("last-event-id", "-1"))
+    except ValueError:
+        last_seen = -1
+    return StreamingResponse(event_stream(request, owner, id, last_seen), media_type="text/event-stream",
+                             headers={"x-accel-buffering": "no"})
+
+
 POLL_RESPONSES = {
     200: {"description": "The video: MP4 bytes, or JSON with base64 when Accept is application/json.",
           "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}},
@@ -106,6 +138,20 @@ POLL_RESPONSES = {
 }
 
 for prefix, visible in (("/v2beta/image-to-video", True), ("/v2alpha/generation/image-to-video", False)):
+    # Before the catch-all {id:path} routes below, which would swallow "/events".
+    router.add_api_route(
+        prefix + "/result/{id}/events", events, methods=["GET"], include_in_schema=visible,
+        tags=["Extensions"], summary="Live progress as Server-Sent Events (resumable with "
+                                     "Last-Event-ID)", response_class=StreamingResponse,
+        responses={200: {"description": "events: queued, progress, done, failed, cancelled",
+                         "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                   **error_responses(401, 404)})
+    router.add_api_route(
+        prefix + "/result/{id:path}", cancel, methods=["DELETE"], include_in_schema=visible,
+        tags=["Extensions"], summary="Cancel a generation: at once when queued, at the next "
+                                     "denoising step when running",
+        responses={200: {"description": "Cancelled, or cancelling (running)"},
+                   **error_responses(401, 404, 409)})
     router.add_api_route(
         prefix, start, methods=["POST"], include_in_schema=visible,
         operation_id="startImageToVideo" if visible else None, tags=["Image to Video"],

@@ -41,7 +41,8 @@ class RequestMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", rid.encode()))
                 headers.extend(SECURITY_HEADERS)
-                if scope["path"] not in DOCS_PATHS:
+                has_csp = any(name.lower() == API_CSP[0] for name, _ in headers)
+                if scope["path"] not in DOCS_PATHS and not has_csp:
                     headers.append(API_CSP)
                 label = self.model_label()
                 if label:

@@ -69,6 +69,34 @@ class JobService:
         self.wake.set()
         return job
 
+    def cancel(self, owner: str, job_id: str, ttl_s: float) -> str | None:
+        """See JobStore.cancel; a queued job is cancelled at once, a running one at its next
+        denoising step."""
+        now = time.time()
+        return self.store.cancel(job_id, owner, now, now + ttl_s)
+
+    def progress(self, job: Job) -> dict:
+        """The optional 202 fields: stage, progress, queue_position, eta_seconds."""
+        mean_run = self.store.recent_run_seconds()
+        if job.state == JobState.QUEUED:
+            position = self.store.queue_position(job)
+            out = {"stage": "queued", "progress": 0.0, "queue_position": position}
+            if mean_run:
+                out["eta_seconds"] = round(mean_run * position, 1)
+            return out
+        stage = "starting" if not job.step else "denoising"
+        if job.progress >= 0.95:
+            stage = "encoding"
+        elif job.total_steps and job.step == job.total_steps:
+            stage = "decoding"
+        out = {"stage": stage, "progress": round(job.progress, 3)}
+        if job.step is not None:
+            out.update(step=job.step, steps=job.total_steps)
+        if mean_run:
+            elapsed = time.time() - (job.started_at or time.time())
+            out["eta_seconds"] = round(max(0.0, mean_run - elapsed), 1)
+        return out
+
     def find(self, owner: str, job_id: str) -> JobView | None:
         """The caller's job, or None when it does not exist, expired, or is someone else's."""
         job = self.store.get(job_id)

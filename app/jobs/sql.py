@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 
-from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
-                        Text, create_engine, delete, event, func, literal, select, text, update)
+from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table,
+                        Text, create_engine, delete, event, false, func, literal, select, text,
+                        update)
 from sqlalchemy.engine import Engine
 
 from app.jobs.model import Job, JobState
@@ -41,6 +42,9 @@ jobs = Table(
     Column("error", Text),
     Column("finish_reason", String(32)),
     Column("result_key", String(200)),
+    Column("step", Integer),
+    Column("total_steps", Integer),
+    Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_jobs_state_created", "state", "created_at"),
     Index("ix_jobs_expires_at", "expires_at"),
     Index("ix_jobs_owner_state", "owner", "state"),
@@ -176,18 +180,50 @@ class SqlJobStore:
             job_id = c.execute(stmt).scalar()
         return self.get(job_id, with_image=True) if job_id else None
 
-    def _update_held(self, claimed, **values) -> bool:
+    def _update_held(self, claimed, *conditions, **values) -> bool:
         stmt = (update(jobs).where(jobs.c.id == claimed.id, jobs.c.worker == claimed.worker,
                                    jobs.c.attempts == claimed.attempts,
-                                   jobs.c.state == JobState.RUNNING.value).values(**values))
+                                   jobs.c.state == JobState.RUNNING.value, *conditions)
+                .values(**values))
         with self.engine.begin() as c:
             return c.execute(stmt).rowcount == 1
 
     def heartbeat(self, claimed, lease_until):
         return self._update_held(claimed, lease_until=lease_until)
 
-    def set_progress(self, claimed, progress):
-        return self._update_held(claimed, progress=progress)
+    def set_progress(self, claimed, progress, step=None, total_steps=None):
+        values = {"progress": progress}
+        if step is not None:
+            values.update(step=step, total_steps=total_steps)
+        return self._update_held(claimed, jobs.c.cancel_requested.is_(False), **values)
+
+    def cancel(self, job_id, owner, now, expires_at):
+        mine = (jobs.c.id == job_id, jobs.c.owner == owner)
+        with self.engine.begin() as c:
+            if c.execute(update(jobs).where(*mine, jobs.c.state == JobState.QUEUED.value)
+                         .values(state=JobState.CANCELLED.value, finished_at=now,
+                                 expires_at=expires_at)).rowcount:
+                return "cancelled"
+            if c.execute(update(jobs).where(*mine, jobs.c.state == JobState.RUNNING.value)
+                         .values(cancel_requested=True)).rowcount:
+                return "requested"
+            state = c.execute(select(jobs.c.state).where(*mine)).scalar()
+        return None if state is None else "finished"
+
+    def queue_position(self, job):
+        with self.engine.connect() as c:
+            ahead = c.execute(select(func.count()).select_from(jobs).where(
+                jobs.c.state == JobState.QUEUED.value,
+                (jobs.c.created_at < job.created_at)
+                | ((jobs.c.created_at == job.created_at) & (jobs.c.id < job.id)))).scalar_one()
+        return ahead + 1
+
+    def recent_run_seconds(self, limit=20):
+        recent = (select((jobs.c.finished_at - jobs.c.started_at).label("s"))
+                  .where(jobs.c.state == JobState.SUCCEEDED.value)
+                  .order_by(jobs.c.finished_at.desc()).limit(limit).subquery())
+        with self.engine.connect() as c:
+            return c.execute(select(func.avg(recent.c.s))).scalar()
 
     def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
                result_key=None):

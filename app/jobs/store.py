@@ -30,7 +30,19 @@ class JobStore(Protocol):
 
     def heartbeat(self, claimed: Job, lease_until: float) -> bool: ...
 
-    def set_progress(self, claimed: Job, progress: float) -> bool: ...
+    def set_progress(self, claimed: Job, progress: float, step: int | None = None,
+                     total_steps: int | None = None) -> bool:
+        """False when the job is no longer ours, or its owner asked to cancel it."""
+
+    def cancel(self, job_id: str, owner: str, now: float, expires_at: float) -> str | None:
+        """A queued job → cancelled ("cancelled"); a running one gets a cancel request
+        ("requested"); "finished" when too late; None when not the owner's or unknown."""
+
+    def queue_position(self, job: Job) -> int:
+        """1 for the next job to be claimed."""
+
+    def recent_run_seconds(self, limit: int = 20) -> float | None:
+        """Mean run time of recent successful jobs, for ETAs."""
 
     def finish(self, claimed: Job, state: JobState, now: float, expires_at: float,
                *, error: str | None = None, finish_reason: str | None = None,
@@ -115,12 +127,39 @@ class MemoryJobStore:
                 job.lease_until = lease_until
             return job is not None
 
-    def set_progress(self, claimed, progress):
+    def set_progress(self, claimed, progress, step=None, total_steps=None):
         with self._lock:
             job = self._held(claimed)
-            if job:
+            if job and not job.cancel_requested:
                 job.progress = progress
-            return job is not None
+                if step is not None:
+                    job.step, job.total_steps = step, total_steps
+                return True
+            return False
+
+    def cancel(self, job_id, owner, now, expires_at):
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.owner != owner:
+                return None
+            if job.state == JobState.QUEUED:
+                job.state, job.finished_at, job.expires_at = JobState.CANCELLED, now, expires_at
+                return "cancelled"
+            if job.state == JobState.RUNNING:
+                job.cancel_requested = True
+                return "requested"
+            return "finished"
+
+    def queue_position(self, job):
+        with self._lock:
+            return 1 + sum(1 for j in self._jobs.values() if j.state == JobState.QUEUED
+                           and (j.created_at, j.id) < (job.created_at, job.id))
+
+    def recent_run_seconds(self, limit=20):
+        with self._lock:
+            done = sorted((j for j in self._jobs.values() if j.state == JobState.SUCCEEDED),
+                          key=lambda j: j.finished_at, reverse=True)[:limit]
+            return sum(j.finished_at - j.started_at for j in done) / len(done) if done else None
 
     def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
                result_key=None):

@@ -175,7 +175,7 @@ class Worker:
             frames = self._generate(running, request)
             generate_s = time.monotonic() - t0
             self._check_abort(running)
-            self.store.set_progress(job, 0.95)
+            self._report(running, 0.95)
             key = self._store_video(running, frames)
             encode_s = time.monotonic() - t0 - generate_s
         except _Stop:
@@ -214,7 +214,7 @@ class Worker:
             now = time.monotonic()
             if done == total or now - last_progress[0] >= 0.25:   # spare the database
                 last_progress[0] = now
-                self.store.set_progress(job, DENOISE_SHARE * done / total)
+                self._report(running, DENOISE_SHARE * done / total, done, total)
 
         for level in range(LOW_MEMORY_LEVELS + 1):
             try:
@@ -227,6 +227,16 @@ class Worker:
                     self.metrics.memory_retries.inc()
             finally:
                 self._record_gpu_memory()
+
+    def _report(self, running: _Running, progress: float, step: int | None = None,
+                total: int | None = None) -> None:
+        """Record progress; stop here if the owner cancelled or the job is no longer ours."""
+        if self.store.set_progress(running.job, progress, step, total):
+            return
+        current = self.store.get(running.job.id)
+        cancelled = current is not None and current.cancel_requested
+        running.abort_reason = "cancelled" if cancelled else "lease lost"
+        raise _Stop(running.abort_reason)
 
     def _store_video(self, running: _Running, frames) -> str:
         """Encode to a temp file, make it durable, rename it into place; return its key."""
@@ -271,6 +281,9 @@ class Worker:
 
     def _stopped(self, running: _Running) -> None:
         job = running.job
+        if running.abort_reason == "cancelled":
+            self._finish(job, JobState.CANCELLED, error="cancelled by its owner")
+            return
         if running.abort_reason == "stopping" and self.store.release(job):
             log.info(kv(job=job.id, event="released", worker=self.name, reason="worker stopping"))
         else:

@@ -34,7 +34,12 @@ def test_in_progress_is_202_with_exactly_that_status(tmp_path):
             r = client.get(RESULT + job_id)
             assert r.status_code == 202
             assert r.headers["content-type"] == "application/json"
-            assert r.json() == {"id": job_id, "status": "in-progress"}
+            body = r.json()
+            assert (body["id"], body["status"]) == (job_id, "in-progress")   # exactly that
+        running = client.get(RESULT + first).json()
+        assert running["stage"] in ("starting", "denoising") and 0 <= running["progress"] < 1
+        queued = client.get(RESULT + second).json()
+        assert (queued["stage"], queued["queue_position"], queued["progress"]) == ("queued", 1, 0)
         gen.release.set()
         assert wait_done(client, first).status_code == 200
         assert wait_done(client, second).status_code == 200
