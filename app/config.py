@@ -13,6 +13,9 @@ STABILITY_SIZES = "1024x576,576x1024,768x768"
 
 
 def parse_sizes(value: str) -> tuple[tuple[int, int], ...]:
+    """ "1024x576,576x1024" -> ((1024, 576), (576, 1024)); "any" -> () (see Settings.any_size)."""
+    if value.strip().lower() == "any":
+        return ()
     sizes = []
     for item in value.split(","):
         if not item.strip():
@@ -58,6 +61,7 @@ class Settings(BaseSettings):
     num_frames: int | None = Field(None, ge=1, le=128)   # None: the model's default
     steps: int | None = Field(None, ge=1, le=200)        # None: the model's default
     output_fps: int = Field(7, ge=1, le=60)
+    max_pixels: int = Field(1024 * 1024, ge=64 * 64)   # with SVD_ALLOWED_SIZES=any
     result_ttl_hours: float = Field(24.0, gt=0)
     job_timeout_s: float = Field(1800.0, gt=0)
     # Beyond the names other tools rely on: tuning with safe defaults.
@@ -114,6 +118,18 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'svd.db').resolve()}"
+
+    @property
+    def any_size(self) -> bool:
+        return self.allowed_sizes == ()
+
+    def size_allowed(self, width: int, height: int, exact: bool = False) -> bool:
+        """With `exact` False, the size turned a quarter (EXIF orientation) counts too."""
+        if self.any_size:
+            return (width % 64 == 0 and height % 64 == 0 and width >= 64 and height >= 64
+                    and width * height <= self.max_pixels)
+        return (width, height) in self.allowed_sizes or (
+            not exact and (height, width) in self.allowed_sizes)
 
     @property
     def uses_postgres(self) -> bool:

@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-_KEY_RE = re.compile(r"^[0-9a-f]{64}\.mp4$")
+_KEY_RE = re.compile(r"^[0-9a-f]{64}\.(mp4|webm|gif)$")
 
 
-def key_for(job_id: str) -> str:
-    key = f"{job_id}.mp4"
+def key_for(job_id: str, ext: str = "mp4") -> str:
+    key = f"{job_id}.{ext}"
     if not _KEY_RE.match(key):
         raise ValueError("invalid job id for a result key")
     return key
@@ -28,7 +28,7 @@ def check_key(key: str) -> str:
 
 
 class ResultStore(Protocol):
-    def key_for(self, job_id: str) -> str: ...
+    def key_for(self, job_id: str, ext: str = "mp4") -> str: ...
 
     def temp_path(self, key: str) -> Path:
         """A local file to encode into before `commit`."""

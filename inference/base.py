@@ -16,6 +16,8 @@ StepCallback = Callable[[int, int], None]
 CONDITIONING_FPS = 7
 NOISE_AUG_STRENGTH = 0.02
 MIN_GUIDANCE_SCALE = 1.0
+# Output containers and their media types; mp4 (H.264) is the Stability API's.
+FORMATS = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class GenerationRequest:
     motion_bucket_id: int = 127
     num_frames: int | None = None   # None: the generator's default
     steps: int | None = None        # None: the generator's default
+    noise_aug_strength: float = NOISE_AUG_STRENGTH
 
 
 class GenerationAborted(Exception):

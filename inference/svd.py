@@ -37,7 +37,7 @@ class _DropFp32CastNotice(logging.Filter):
 
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropFp32CastNotice())
 
-from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE, NOISE_AUG_STRENGTH,
+from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE,
                             GenerationRequest, StepCallback)
 
 LOW_MEMORY_DECODE_CHUNK = 2
@@ -111,7 +111,7 @@ class SvdGenerator:
                 min_guidance_scale=min(MIN_GUIDANCE_SCALE, request.cfg_scale),
                 max_guidance_scale=request.cfg_scale,
                 fps=CONDITIONING_FPS, motion_bucket_id=request.motion_bucket_id,
-                noise_aug_strength=NOISE_AUG_STRENGTH,
+                noise_aug_strength=request.noise_aug_strength,
                 decode_chunk_size=min(LOW_MEMORY_DECODE_CHUNK if low_memory else
                                       self.decode_chunk_size, frames),
                 generator=generator, output_type="np", callback_on_step_end=callback)

@@ -43,5 +43,5 @@ class FakeGenerator:
         w, h = request.image.size
         n = request.num_frames or self.default_frames
         rng = np.random.default_rng(request.seed)
-        base = rng.integers(0, 255, (1, h, w, 3), dtype=np.uint8)
-        return np.repeat(base, n, axis=0)
+        base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        return np.stack([np.roll(base, i, axis=1) for i in range(n)])   # a little motion

@@ -16,11 +16,13 @@ from starlette.requests import ClientDisconnect, Request
 from app.api.errors import ApiError
 from app.config import Settings
 from app.jobs.service import MAX_SEED, GenerationParams
+from inference.base import FORMATS
 from inference.images import ImageError, decode_rgb, probe
 
 _INT_RE = re.compile(r"^\s*\+?\d{1,12}\s*$")
 _FLOAT_RE = re.compile(r"^\s*[+-]?(\d{1,12}(\.\d{0,12})?|\.\d{1,12})([eE][+-]?\d{1,3})?\s*$")
 MAX_FIELDS = 64          # unknown fields are ignored, but not without bound
+MAX_FRAMES, MAX_STEPS = 128, 200
 MAX_FIELD_BYTES = 64 * 1024
 
 
@@ -105,6 +107,14 @@ async def parse_generation(request: Request, settings: Settings) -> GenerationPa
         seed = _int_field(form.get("seed"), "seed", 0, MAX_SEED, errors)
         cfg_scale = _float_field(form.get("cfg_scale"), "cfg_scale", 0, 10, errors)
         motion = _int_field(form.get("motion_bucket_id"), "motion_bucket_id", 1, 255, errors)
+        # Extensions beyond the Stability API, all optional.
+        frames = _int_field(form.get("frames"), "frames", 1, MAX_FRAMES, errors)
+        steps = _int_field(form.get("steps"), "steps", 1, MAX_STEPS, errors)
+        fps = _int_field(form.get("fps"), "fps", 1, 60, errors)
+        noise = _float_field(form.get("noise_aug_strength"), "noise_aug_strength", 0, 1, errors)
+        output_format = form.get("output_format")
+        if output_format is not None and output_format not in FORMATS:
+            errors.append(f"output_format: must be one of {', '.join(FORMATS)}")
         image_part = form.get("image")
         data = b""
         if image_part is None:
@@ -123,25 +133,28 @@ async def parse_generation(request: Request, settings: Settings) -> GenerationPa
     return GenerationParams(
         image=data, width=width, height=height, seed=seed or 0,
         cfg_scale=1.8 if cfg_scale is None else cfg_scale,
-        motion_bucket_id=127 if motion is None else motion)
+        motion_bucket_id=127 if motion is None else motion, num_frames=frames, steps=steps,
+        output_fps=fps, noise_aug_strength=noise,
+        output_format=None if output_format in (None, "mp4") else output_format)
 
 
 async def _check_image(data: bytes, settings: Settings) -> tuple[int, int]:
     """Format from the bytes, size from the header (nothing decoded yet, so a header that
     claims 30000x30000 costs nothing), then a full decode off the event loop."""
-    allowed = settings.allowed_sizes
-
     def refuse(w: int, h: int):
-        listed = ", ".join(f"{a}x{b}" for a, b in allowed)
+        if settings.any_size:
+            return ImageError(f"dimensions {w}x{h} are not supported; sides must be multiples "
+                              f"of 64, at least 64, with at most {settings.max_pixels} pixels")
+        listed = ", ".join(f"{a}x{b}" for a, b in settings.allowed_sizes)
         return ImageError(f"dimensions {w}x{h} are not supported; use one of {listed}")
 
     try:
         info = probe(data)
         # Either way round: EXIF orientation may turn the image a quarter.
-        if (info.width, info.height) not in allowed and (info.height, info.width) not in allowed:
+        if not settings.size_allowed(info.width, info.height):
             raise refuse(info.width, info.height)
         width, height = (await run_in_threadpool(decode_rgb, data, info)).size
-        if (width, height) not in allowed:
+        if not settings.size_allowed(width, height, exact=True):
             raise refuse(width, height)
     except ImageError as exc:
         raise ApiError.bad_request(f"image: {exc}") from None

@@ -18,13 +18,13 @@ from app.api.schemas import (IMAGE_TO_VIDEO_FORM, AsyncGenerationResponse,
 from app.jobs.model import JobState
 from app.jobs.service import QueueFull
 from app.logs import kv, request_id
+from inference.base import FORMATS
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 CLIENT_HEADERS = ("stability-client-id", "stability-client-user-id", "stability-client-version")
-JSON_VIDEO = "application/json; type=video/mp4"
 QUEUE_FULL_RETRY_S = 10     # a video takes seconds to minutes; sooner retries only spin
 DRAINING_RETRY_S = 30
 
@@ -85,16 +85,17 @@ async def result(id: str, request: Request, owner: str = Depends(require_owner))
                        f"Generation failed: {(job.error or 'unknown error')[:200]}")
     headers = {"finish-reason": job.finish_reason or "SUCCESS", "seed": str(job.seed)}
     results = state.results
+    media_type = FORMATS[job.result_key.rsplit(".", 1)[-1]]
     if wants_json(request.headers.get("accept")):
         data = await run_in_threadpool(results.read, job.result_key)
         body = {"video": base64.b64encode(data).decode("ascii"),
                 "finish_reason": job.finish_reason or "SUCCESS", "seed": job.seed}
-        return JSONResponse(body, media_type=JSON_VIDEO, headers=headers)
+        return JSONResponse(body, media_type=f"application/json; type={media_type}", headers=headers)
     path = results.local_path(job.result_key)
     if path is not None:
-        return FileResponse(path, media_type="video/mp4", headers=headers)
+        return FileResponse(path, media_type=media_type, headers=headers)
     data = await run_in_threadpool(results.read, job.result_key)
-    return Response(data, media_type="video/mp4", headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
 
 
 async def cancel(id: str, request: Request, owner: str = Depends(require_owner)):

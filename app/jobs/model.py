@@ -58,4 +58,7 @@ class Job:
     step: int | None = None            # denoising steps done, of total_steps
     total_steps: int | None = None
     cancel_requested: bool = False     # a running job stops at its next step
+    output_fps: int | None = None      # None: SVD_OUTPUT_FPS
+    noise_aug_strength: float | None = None
+    output_format: str | None = None   # mp4 (None) | webm | gif
     image: bytes | None = field(default=None, repr=False)   # only loaded when asked for

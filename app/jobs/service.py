@@ -25,6 +25,12 @@ class GenerationParams:
     seed: int = 0                 # 0: pick one
     cfg_scale: float = 1.8
     motion_bucket_id: int = 127
+    # Optional extensions beyond the Stability API; None: the server's default.
+    num_frames: int | None = None
+    steps: int | None = None
+    output_fps: int | None = None
+    noise_aug_strength: float | None = None
+    output_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,9 @@ class JobService:
         job = Job(id=new_job_id(), owner=owner, seed=params.seed or random_seed(),
                   cfg_scale=params.cfg_scale, motion_bucket_id=params.motion_bucket_id,
                   width=params.width, height=params.height, created_at=time.time(),
-                  image=params.image)
+                  image=params.image, num_frames=params.num_frames, steps=params.steps,
+                  output_fps=params.output_fps, noise_aug_strength=params.noise_aug_strength,
+                  output_format=params.output_format)
         refused = self.store.create(job, self.max_queued, self.max_queued_per_key)
         if refused == "owner":
             raise QueueFull(f"this key already has {self.max_queued_per_key} generations queued")

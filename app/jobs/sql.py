@@ -45,6 +45,9 @@ jobs = Table(
     Column("step", Integer),
     Column("total_steps", Integer),
     Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
+    Column("output_fps", Integer),              # None: SVD_OUTPUT_FPS
+    Column("noise_aug_strength", Float),        # None: the reference 0.02
+    Column("output_format", String(8)),         # None: mp4
     Index("ix_jobs_state_created", "state", "created_at"),
     Index("ix_jobs_expires_at", "expires_at"),
     Index("ix_jobs_owner_state", "owner", "state"),

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from app.jobs.model import Job, JobState
@@ -23,7 +23,7 @@ from app.logs import kv
 from app.storage import ResultStore
 from inference.base import (LOW_MEMORY_LEVELS, GenerationRequest,  # none of these import torch
                             is_out_of_memory)
-from inference.encode import encode_mp4
+from inference.encode import encode_video
 from inference.images import decode_rgb, probe
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,8 @@ class Worker:
             request = GenerationRequest(image=image, seed=job.seed, cfg_scale=job.cfg_scale,
                                         motion_bucket_id=job.motion_bucket_id,
                                         num_frames=job.num_frames, steps=job.steps)
+            if job.noise_aug_strength is not None:
+                request = replace(request, noise_aug_strength=job.noise_aug_strength)
             frames = self._generate(running, request)
             generate_s = time.monotonic() - t0
             self._check_abort(running)
@@ -240,12 +242,14 @@ class Worker:
 
     def _store_video(self, running: _Running, frames) -> str:
         """Encode to a temp file, make it durable, rename it into place; return its key."""
-        key = self.results.key_for(running.job.id)
+        job = running.job
+        fmt = job.output_format or "mp4"
+        key = self.results.key_for(job.id, fmt)
         temp = self.results.temp_path(key)
         try:
             if self.cfg.crash_at == "encode":
                 _crash_here("encode")
-            encode_mp4(frames, temp, fps=self.cfg.output_fps)
+            encode_video(frames, temp, job.output_fps or self.cfg.output_fps, fmt)
             self._check_abort(running)
             if self.cfg.crash_at == "write":
                 _crash_here("write")

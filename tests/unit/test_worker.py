@@ -133,12 +133,12 @@ def test_out_of_memory_at_every_level_fails_the_job_clearly(tmp_path):
 def test_disk_full_fails_the_job_cleanly_and_serves_nothing(tmp_path, monkeypatch):
     import errno
 
-    def full(frames, path, fps):
+    def full(frames, path, fps, fmt="mp4"):
         with open(path, "wb") as fh:
             fh.write(b"\x00\x00\x00\x18ftypisom")            # a partial file...
         raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
 
-    monkeypatch.setattr("app.jobs.worker.encode_mp4", full)
+    monkeypatch.setattr("app.jobs.worker.encode_video", full)
     store, results, worker = make(tmp_path, FakeGenerator())
     j = add_job(store)
     worker.run_once()
