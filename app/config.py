@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     max_queued_per_key: int = Field(20, ge=0)
     drain_grace_s: float = Field(30.0, ge=0)  # SIGTERM: how long the running job may finish
     cors_origins: str = ""                   # comma-separated; empty: no CORS headers at all
+    # Webhooks (app/webhooks.py): targets allowed (host or host:port patterns, e.g.
+    # "hooks.example.com,*.corp.example"); none by default.
+    webhook_allow: str = ""
+    webhook_secret: str = ""                 # empty: generated into DATA_DIR/webhook_secret
+    webhook_retry_base_s: float = Field(2.0, gt=0)
     # Scale-out (docs/scaling.md).
     result_store: Literal["auto", "files", "database"] = "auto"   # auto: files on SQLite
     worker_name: str = ""                    # `svd-server worker`: default <host>/gpu<N>
@@ -118,6 +123,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'svd.db').resolve()}"
+
+    @property
+    def webhook_allow_list(self) -> list[str]:
+        return [p.strip() for p in self.webhook_allow.split(",") if p.strip()]
 
     @property
     def any_size(self) -> bool:

@@ -27,6 +27,7 @@ from app.logs import kv
 from app.metrics import Metrics
 from app.runtime import Runtime
 from app.stores import open_job_store, open_result_store
+from app.webhooks import WebhookSender, load_secret, resend_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,16 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
     config = WorkerConfig.from_settings(settings)
     if settings.fault_crash_at:
         log.warning(kv(event="fault_hook_armed", crash_at=settings.fault_crash_at))
+    app.state.webhooks = WebhookSender(
+        store, load_secret(settings.webhook_secret, settings.data_dir), metrics,
+        base_delay_s=settings.webhook_retry_base_s).start()
     for name in worker_names(settings):
         n = store.requeue_worker(name, settings.max_attempts, now, now + settings.result_ttl_s)
         if n:
             metrics.worker_restarts.labels("restart").inc(n)
             log.warning("re-queued %d job(s) that %s held when it stopped", n, name)
         runtime.workers.append(Worker(name, store, results, factory, config, wake,
-                                      runtime.on_fatal, metrics))
+                                      runtime.on_fatal, metrics, app.state.webhooks.submit))
     for worker in runtime.workers:
         worker.start()
     if runtime.workers and settings.uses_postgres:      # wake-ups from other API processes
@@ -153,6 +157,9 @@ def _stop(app: FastAPI, runtime: Runtime) -> None:
     listener = getattr(app.state, "listener", None)
     if listener is not None:
         listener.stop()
+    webhooks = getattr(app.state, "webhooks", None)
+    if webhooks is not None:
+        webhooks.stop()
     for worker in runtime.workers:
         worker.stopping.set()
     for worker in runtime.workers:
@@ -168,6 +175,7 @@ async def _housekeeping(app: FastAPI, settings: Settings) -> None:
             await asyncio.sleep(settings.sweep_interval_s)
             await run_in_threadpool(sweep, app.state.store, app.state.results, settings,
                                     app.state.metrics)
+            await run_in_threadpool(resend_webhooks, app.state.store, app.state.webhooks)
         except asyncio.CancelledError:
             return
         except Exception:

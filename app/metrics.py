@@ -50,6 +50,8 @@ class Metrics:
         self.memory_retries = Counter("svd_out_of_memory_retries",
                                       "Generations retried with a lower-memory setting",
                                       registry=r)
+        self.webhooks = Counter("svd_webhook_deliveries", "Webhook deliveries by outcome",
+                                ["outcome"], registry=r)
         self.gpu_memory = Gauge("svd_gpu_memory_bytes", "GPU memory of the worker's device",
                                 ["kind"], registry=r)
 

@@ -23,6 +23,7 @@ from app.logs import kv
 from app.metrics import Metrics
 from app.runtime import Runtime
 from app.stores import open_job_store, open_result_store
+from app.webhooks import WebhookSender, load_secret
 
 log = logging.getLogger("svd.worker")
 RESTART_BACKOFF_S = 5.0
@@ -55,8 +56,10 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
     wake, done = threading.Event(), threading.Event()
     runtime = Runtime(settings, label, warning)
     runtime.request_shutdown = done.set
+    webhooks = WebhookSender(store, load_secret(settings.webhook_secret, settings.data_dir),
+                             metrics, base_delay_s=settings.webhook_retry_base_s).start()
     worker = Worker(name, store, results, factory, WorkerConfig.from_settings(settings), wake,
-                    runtime.on_fatal, metrics)
+                    runtime.on_fatal, metrics, webhooks.submit)
     runtime.workers.append(worker)
     listener = Listener(settings.resolved_database_url, wake).start() if settings.uses_postgres else None
 
@@ -74,6 +77,7 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
     while not done.wait(0.5):
         pass
     worker.stop(timeout=10)
+    webhooks.stop()
     if listener:
         listener.stop()
     store.close()

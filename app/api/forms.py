@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from app.api.errors import ApiError
 from app.config import Settings
 from app.jobs.service import MAX_SEED, GenerationParams
+from app.webhooks import host_allowed
 from inference.base import FORMATS
 from inference.images import ImageError, decode_rgb, probe
 
@@ -115,6 +116,11 @@ async def parse_generation(request: Request, settings: Settings) -> GenerationPa
         output_format = form.get("output_format")
         if output_format is not None and output_format not in FORMATS:
             errors.append(f"output_format: must be one of {', '.join(FORMATS)}")
+        webhook_url = form.get("webhook_url")
+        if webhook_url is not None and (not isinstance(webhook_url, str) or len(webhook_url) > 2000
+                                        or not host_allowed(webhook_url, settings.webhook_allow_list)):
+            errors.append("webhook_url: must be an http(s) URL whose host is allowed by the "
+                          "server (SVD_WEBHOOK_ALLOW)")
         image_part = form.get("image")
         data = b""
         if image_part is None:
@@ -135,7 +141,8 @@ async def parse_generation(request: Request, settings: Settings) -> GenerationPa
         cfg_scale=1.8 if cfg_scale is None else cfg_scale,
         motion_bucket_id=127 if motion is None else motion, num_frames=frames, steps=steps,
         output_fps=fps, noise_aug_strength=noise,
-        output_format=None if output_format in (None, "mp4") else output_format)
+        output_format=None if output_format in (None, "mp4") else output_format,
+        webhook_url=webhook_url)
 
 
 async def _check_image(data: bytes, settings: Settings) -> tuple[int, int]:

@@ -61,4 +61,7 @@ class Job:
     output_fps: int | None = None      # None: SVD_OUTPUT_FPS
     noise_aug_strength: float | None = None
     output_format: str | None = None   # mp4 (None) | webm | gif
+    webhook_url: str | None = None
+    webhook_status: str | None = None  # pending | delivered | failed
+    webhook_attempts: int | None = None
     image: bytes | None = field(default=None, repr=False)   # only loaded when asked for

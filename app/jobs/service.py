@@ -31,6 +31,7 @@ class GenerationParams:
     output_fps: int | None = None
     noise_aug_strength: float | None = None
     output_format: str | None = None
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class JobService:
                   width=params.width, height=params.height, created_at=time.time(),
                   image=params.image, num_frames=params.num_frames, steps=params.steps,
                   output_fps=params.output_fps, noise_aug_strength=params.noise_aug_strength,
-                  output_format=params.output_format)
+                  output_format=params.output_format, webhook_url=params.webhook_url,
+                  webhook_status="pending" if params.webhook_url else None)
         refused = self.store.create(job, self.max_queued, self.max_queued_per_key)
         if refused == "owner":
             raise QueueFull(f"this key already has {self.max_queued_per_key} generations queued")

@@ -13,7 +13,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, Larg
                         update)
 from sqlalchemy.engine import Engine
 
-from app.jobs.model import Job, JobState
+from app.jobs.model import FINISHED_STATES, Job, JobState
 from app.jobs.store import CRASHED
 
 metadata = MetaData()
@@ -48,6 +48,9 @@ jobs = Table(
     Column("output_fps", Integer),              # None: SVD_OUTPUT_FPS
     Column("noise_aug_strength", Float),        # None: the reference 0.02
     Column("output_format", String(8)),         # None: mp4
+    Column("webhook_url", Text),
+    Column("webhook_status", String(16)),       # pending | delivered | failed
+    Column("webhook_attempts", Integer),
     Index("ix_jobs_state_created", "state", "created_at"),
     Index("ix_jobs_expires_at", "expires_at"),
     Index("ix_jobs_owner_state", "owner", "state"),
@@ -212,6 +215,18 @@ class SqlJobStore:
                 return "requested"
             state = c.execute(select(jobs.c.state).where(*mine)).scalar()
         return None if state is None else "finished"
+
+    def set_webhook_status(self, job_id, status, attempts):
+        with self.engine.begin() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id)
+                      .values(webhook_status=status, webhook_attempts=attempts))
+
+    def pending_webhooks(self, finished_before, limit=100):
+        finished = jobs.c.state.in_([s.value for s in FINISHED_STATES])
+        with self.engine.connect() as c:
+            return list(c.execute(select(jobs.c.id).where(
+                finished, jobs.c.webhook_status == "pending",
+                jobs.c.finished_at < finished_before).limit(limit)).scalars())
 
     def queue_position(self, job):
         with self.engine.connect() as c:

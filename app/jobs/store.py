@@ -38,6 +38,11 @@ class JobStore(Protocol):
         """A queued job → cancelled ("cancelled"); a running one gets a cancel request
         ("requested"); "finished" when too late; None when not the owner's or unknown."""
 
+    def set_webhook_status(self, job_id: str, status: str, attempts: int) -> None: ...
+
+    def pending_webhooks(self, finished_before: float, limit: int = 100) -> list[str]:
+        """Ids of finished jobs whose webhook was never delivered nor given up on."""
+
     def queue_position(self, job: Job) -> int:
         """1 for the next job to be claimed."""
 
@@ -149,6 +154,17 @@ class MemoryJobStore:
                 job.cancel_requested = True
                 return "requested"
             return "finished"
+
+    def set_webhook_status(self, job_id, status, attempts):
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job:
+                job.webhook_status, job.webhook_attempts = status, attempts
+
+    def pending_webhooks(self, finished_before, limit=100):
+        with self._lock:
+            return [j.id for j in self._jobs.values() if j.state.finished
+                    and j.webhook_status == "pending" and (j.finished_at or 0) < finished_before][:limit]
 
     def queue_position(self, job):
         with self._lock:

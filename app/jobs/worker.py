@@ -80,7 +80,8 @@ class Worker:
     def __init__(self, name: str, store: JobStore, results: ResultStore,
                  generator_factory: Callable[[], object], config: WorkerConfig,
                  wake: threading.Event | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = None, metrics=None):
+                 on_fatal: Callable[[BaseException], None] | None = None, metrics=None,
+                 on_finished: Callable[[str], None] | None = None):
         self.name = name
         self.store = store
         self.results = results
@@ -89,6 +90,7 @@ class Worker:
         self.wake = wake or threading.Event()
         self.on_fatal = on_fatal
         self.metrics = metrics
+        self.on_finished = on_finished        # e.g. the webhook sender, given the job id
         self.stopping = threading.Event()   # stop now; a job in hand goes back to the queue
         self.draining = threading.Event()   # claim nothing new; let the job in hand finish
         self.ready = threading.Event()
@@ -265,6 +267,8 @@ class Worker:
             self.metrics.jobs_finished.labels(state.value).inc()
         if done and state != JobState.SUCCEEDED:
             log.info(kv(job=job.id, event=state.value, worker=self.name, error=fields.get("error")))
+        if done and job.webhook_url and self.on_finished is not None:
+            self.on_finished(job.id)
         return done
 
     def _observe(self, phase: str, seconds: float) -> None:
