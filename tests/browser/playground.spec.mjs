@@ -1,0 +1,306 @@
+// End-to-end test of the playground at `/` in headless Chromium, against a running server.
+//
+//   PLAYGROUND_URL=http://127.0.0.1:8000 PLAYGROUND_KEY=... PLAYGROUND_IMAGE=in-64x64.png \
+//   PLAYGROUND_SCREENSHOT=/tmp/playground.png node playground.spec.mjs
+//
+// The image must be 64x64 (the test checks the video's size). Exits 0 when every check passes,
+// 1 with a message naming the failed check otherwise. tests/browser/test_playground.py runs it
+// with a server it starts itself.
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const env = (name, fallback) => {
+  const value = process.env[name] ?? fallback;
+  if (value === undefined || value === "") throw new Error(`set ${name}`);
+  return value;
+};
+const BASE = env("PLAYGROUND_URL").replace(/\/$/, "");
+const KEY = env("PLAYGROUND_KEY");
+const IMAGE = env("PLAYGROUND_IMAGE");
+const SCREENSHOT = env("PLAYGROUND_SCREENSHOT");
+const CHROMIUM = env("CHROMIUM_PATH", "/usr/bin/chromium");
+const TIMEOUT_MS = Number(env("PLAYGROUND_TIMEOUT_MS", "150000"));
+const SEED = "7";
+const SIZE = 64;
+const EXPECTED_CSP = "default-src 'self'";
+
+const log = (...args) => console.log("[playground]", ...args);
+let step = "start";
+class CheckFailed extends Error {}
+const check = (ok, message) => { if (!ok) throw new CheckFailed(message); };
+
+async function main() {
+  const downloads = mkdtempSync(join(tmpdir(), "svd-playground-dl-"));
+  // launch() gives Chromium a new, empty profile directory of its own (and removes it after).
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 60_000,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  const problems = [];        // page errors, CSP violations, console errors
+  const requests = [];
+  let page;
+  try {
+    const context = await browser.newContext({ viewport: { width: 1200, height: 900 },
+                                               acceptDownloads: true });
+    page = await context.newPage();
+    page.setDefaultTimeout(15_000);
+    page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+    page.on("console", (msg) => {
+      // Chromium logs every 4xx/5xx as "Failed to load resource"; the wrong-key check below
+      // makes one on purpose. Anything else logged as an error is a problem.
+      if (msg.type() === "error" && !msg.text().startsWith("Failed to load resource")) {
+        problems.push(`console error: ${msg.text()}`);
+      }
+    });
+    page.on("request", (req) => requests.push(req.url()));
+    await page.addInitScript(() => {
+      window.__csp = [];
+      document.addEventListener("securitypolicyviolation",
+        (e) => window.__csp.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"}`));
+    });
+
+    step = "open /";
+    const res = await page.goto(`${BASE}/`, { waitUntil: "load" });
+    check(res, "no response");
+    check(res.status() !== 404, "GET / answered 404: the server does not serve the playground page (route missing)");
+    check(res.status() === 200, `GET / answered ${res.status()}`);
+    check((res.headers()["content-type"] || "").startsWith("text/html"), `content-type is ${res.headers()["content-type"]}`);
+    const csp = await res.headerValues("content-security-policy");
+    check(csp.length === 1, `expected one content-security-policy header, got ${JSON.stringify(csp)}`);
+    check(csp[0].includes(EXPECTED_CSP), `unexpected content-security-policy: ${csp[0]}`);
+    await page.waitForFunction(() => !document.querySelector("#server").textContent.endsWith("…"));
+
+    step = "labels";
+    for (const [label, id] of [["API key", "api-key"], ["Image", "image"], ["Seed", "seed"],
+                               ["cfg_scale", "cfg-scale"], ["motion_bucket_id", "motion"]]) {
+      const found = await page.getByLabel(label, { exact: true }).getAttribute("id");
+      check(found === id, `the label "${label}" should name #${id}, names #${found}`);
+    }
+    check(await page.locator("#api-key").getAttribute("type") === "password", "the key input is not a password input");
+    check(await page.locator("#image").isVisible(), "the file input is not visible");
+    check(await page.locator("#image").getAttribute("accept") === "image/png,image/jpeg", "file input accept attribute");
+    check(await page.locator("#cfg-scale-value").textContent() === "1.8", "cfg_scale default is not shown as 1.8");
+    check(await page.locator("#motion-value").textContent() === "127", "motion_bucket_id default is not shown as 127");
+
+    step = "choose the image";
+    await page.locator("#image").setInputFiles(IMAGE);
+    await page.waitForFunction((n) => {
+      const img = document.querySelector("#preview");
+      return !img.hidden && img.complete && img.naturalWidth === n;
+    }, SIZE);
+    const info = await page.locator("#image-info").textContent();
+    check(info.includes(`${SIZE}×${SIZE}`), `image info should give the size, says "${info}"`);
+
+    step = "wrong key";
+    await page.locator("#api-key").fill("not-the-key");
+    await page.locator("#generate").click();
+    await page.locator("#error").waitFor({ state: "visible" });
+    const message = (await page.locator("#error-message").textContent()).trim();
+    const detail = await page.locator("#error-detail").textContent();
+    check(message.length > 0, "the error has no message");
+    check(detail.includes("HTTP 401") && detail.includes("unauthorized"), `the error detail should show the 401: "${detail}"`);
+    check(detail.includes("authorization:"), `the error detail should show errors[0]: "${detail}"`);
+    log(`wrong key → "${message}" / "${detail}"`);
+    check(await page.locator("#generate").isEnabled(), "Generate stays disabled after an error");
+
+    step = "parameters";
+    await page.locator("#api-key").fill(KEY);
+    await page.locator("#seed").fill(SEED);
+    await page.locator("#cfg-scale").fill("2.5");
+    await page.locator("#motion").fill("100");
+    check(await page.locator("#cfg-scale-value").textContent() === "2.5", "cfg_scale value not shown");
+    check(await page.locator("#motion-value").textContent() === "100", "motion_bucket_id value not shown");
+
+    step = "generate";
+    await page.evaluate(() => {   // every stage text the page shows, in order
+      window.__stages = [];
+      new MutationObserver(() => {
+        const t = document.querySelector("#stage").textContent;
+        if (t && window.__stages.at(-1) !== t) window.__stages.push(t);
+      }).observe(document.querySelector("#stage"), { childList: true, characterData: true, subtree: true });
+    });
+    const started = Date.now();
+    await page.locator("#generate").click();
+    check(await page.locator("#error").isHidden(), "the old error is still shown");
+    const outcome = await page.waitForFunction((n) => {
+      const err = document.querySelector("#error");
+      if (!err.hidden) return `error: ${err.textContent.trim()}`;
+      const v = document.querySelector("#video");
+      return v.src.startsWith("blob:") && v.readyState >= 2 && v.videoWidth === n ? "ok" : false;
+    }, SIZE, { timeout: TIMEOUT_MS, polling: 100 }).then((h) => h.jsonValue());
+    check(outcome === "ok", `the page shows an ${outcome}`);
+    const transport = await page.evaluate(() => document.body.dataset.transport);
+    const stages = await page.evaluate(() => window.__stages);
+    log(`video ready after ${((Date.now() - started) / 1000).toFixed(1)} s; progress via ${transport}; stages: ${JSON.stringify(stages)}`);
+    check(stages.length >= 2, `progress was not shown (stages: ${JSON.stringify(stages)})`);
+    check((await page.locator("#stage").textContent()).startsWith("Done"), "the status does not say Done");
+
+    step = "video plays";
+    const video = await page.evaluate(() => {
+      const v = document.querySelector("#video");
+      return { w: v.videoWidth, h: v.videoHeight, duration: v.duration, controls: v.controls,
+               muted: v.muted, loop: v.loop, autoplay: v.autoplay, playsInline: v.playsInline };
+    });
+    check(video.h === SIZE, `videoHeight is ${video.h}`);
+    check(video.controls && video.muted && video.loop && video.autoplay && video.playsInline,
+          `video attributes: ${JSON.stringify(video)}`);
+    await page.waitForFunction(() => {
+      const v = document.querySelector("#video");
+      return !v.paused && v.played.length > 0;
+    }, null, { timeout: 10_000 }).catch(() => { throw new CheckFailed("the video does not play"); });
+
+    step = "seed and download link";
+    check((await page.locator("#result-seed").textContent()) === SEED, "the seed shown is not the one asked for");
+    const link = await page.evaluate(() => {
+      const a = document.querySelector("#download");
+      return { href: a.href, name: a.download, video: document.querySelector("#video").src };
+    });
+    check(link.href.startsWith("blob:"), `download link is ${link.href}`);
+    check(link.href === link.video, "the download link and the video differ");
+    check(link.name === `svd-${SEED}.mp4`, `download name is "${link.name}"`);
+    // The page's CSP allows no fetch() of blob: URLs, so the bytes are checked from a download.
+    const [download] = await Promise.all([page.waitForEvent("download"), page.locator("#download").click()]);
+    check(download.suggestedFilename() === `svd-${SEED}.mp4`, `downloaded as ${download.suggestedFilename()}`);
+    const saved = join(downloads, download.suggestedFilename());
+    await download.saveAs(saved);
+    const bytes = readFileSync(saved);
+    check(bytes.length > 8 && bytes.subarray(4, 8).toString("latin1") === "ftyp",
+          `the download is not an MP4 (${bytes.length} bytes)`);
+
+    step = "history";
+    const items = page.locator("#history li");
+    check(await items.count() === 1, `history has ${await items.count()} entries, expected 1`);
+    const entry = await items.first().textContent();
+    check(entry.includes(`seed ${SEED}`) && entry.includes("done"), `history entry: "${entry}"`);
+    const stored = await page.evaluate(() => JSON.parse(localStorage.getItem("svd-playground.history")));
+    check(stored.length === 1 && /^[0-9a-f]{64}$/.test(stored[0].id) && stored[0].status === "done",
+          `history in localStorage: ${JSON.stringify(stored)}`);
+    await items.first().locator("button").click();      // loads the video again from the server
+    const reloaded = await page.waitForFunction((old) => {
+      const err = document.querySelector("#error");
+      if (!err.hidden) return `error: ${err.textContent.trim()}`;
+      const v = document.querySelector("#video");
+      return v.src.startsWith("blob:") && v.src !== old && v.readyState >= 2 ? "ok" : false;
+    }, link.video, { timeout: 30_000 }).then((h) => h.jsonValue());
+    check(reloaded === "ok", `reloading from the history: ${reloaded}`);
+
+    step = "key handling";
+    check(await page.evaluate(() => localStorage.getItem("svd-playground.key")) === null,
+          "the key is in localStorage although remember is not ticked");
+    check(!requests.some((u) => u.includes(KEY)), "the key appeared in a URL");
+    const foreign = requests.filter((u) => !u.startsWith(BASE + "/") && !u.startsWith("blob:") && !u.startsWith("data:"));
+    check(foreign.length === 0, `requests to other origins: ${foreign.join(", ")}`);
+    await page.locator("#remember").check();
+    check(await page.evaluate(() => localStorage.getItem("svd-playground.key")) === KEY, "remember does not keep the key");
+    await page.locator("#remember").uncheck();
+    check(await page.evaluate(() => localStorage.getItem("svd-playground.key")) === null, "unticking remember keeps the key");
+
+    step = "cancel during the upload";
+    await page.evaluate(() => {   // Cancel before the POST is answered: nothing is left running
+      document.querySelector("#generate").click();
+      document.querySelector("#cancel").click();
+    });
+    await page.waitForFunction(() => document.querySelector("#stage").textContent === "Cancelled");
+    check(await page.locator("#error").isHidden(), "cancelling shows an error");
+    check(await page.locator("#generate").isEnabled(), "Generate stays disabled after Cancel");
+    check(await page.locator("#cancel").isHidden(), "Cancel is still shown");
+
+    step = "cancel while running";
+    // The event stream is held open, so the page shows the generation as running until Cancel.
+    const held = [];
+    await page.route("**/result/*/events", (route) => { held.push(route); });
+    await page.locator("#generate").click();
+    await page.waitForFunction(() => document.body.dataset.transport === undefined
+      && document.querySelector("#stage").textContent === "Queued");
+    await page.locator("#cancel").waitFor({ state: "visible" });
+    const [cancelRequest] = await Promise.all([
+      page.waitForRequest((r) => r.method() === "DELETE"),
+      page.locator("#cancel").click(),
+    ]);
+    const historyId = await page.evaluate(() => JSON.parse(localStorage.getItem("svd-playground.history"))[0].id);
+    check(cancelRequest.url() === `${BASE}/v2beta/image-to-video/result/${historyId}`, `DELETE went to ${cancelRequest.url()}`);
+    check(cancelRequest.headers().authorization === `Bearer ${KEY}`, "DELETE without the key");
+    await page.waitForFunction(() => document.querySelector("#stage").textContent === "Cancelled");
+    check(await page.locator("#error").isHidden(), "cancelling shows an error");
+    const badge = await page.locator("#history li .badge").first().textContent();
+    check(badge === "cancelled", `the history says "${badge}" for the cancelled generation`);
+    await page.unroute("**/result/*/events");
+    for (const route of held) await route.abort().catch(() => {});
+
+    step = "drop an image";
+    await page.evaluate(async (n) => {   // a PNG made in the page, dropped on the zone
+      const canvas = document.createElement("canvas");
+      canvas.width = canvas.height = n;
+      const g = canvas.getContext("2d");
+      const grad = g.createLinearGradient(0, 0, n, n);
+      grad.addColorStop(0, "#f08c00"); grad.addColorStop(1, "#5c7cfa");
+      g.fillStyle = grad; g.fillRect(0, 0, n, n);
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+      const data = new DataTransfer();
+      data.items.add(new File([blob], "dropped.png", { type: "image/png" }));
+      const zone = document.querySelector("#drop");
+      for (const type of ["dragenter", "dragover", "drop"]) {
+        zone.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+      }
+    }, SIZE);
+    check(await page.evaluate(() => document.querySelector("#image").files[0]?.name) === "dropped.png",
+          "the dropped file is not in the file input");
+    await page.waitForFunction(() => document.querySelector("#image-info").textContent.startsWith("dropped.png"));
+
+    // Where the events endpoint is missing (404) or its stream breaks, polling takes over.
+    for (const [name, fulfil, expected] of [
+      ["events answer 404", { status: 404, contentType: "application/json", body: "{}" }, "poll"],
+      ["event stream breaks", { status: 200, contentType: "text/event-stream",
+                                body: 'id: 1\nevent: queued\ndata: {"position": 1}\n\n' }, "events+poll"],
+    ]) {
+      step = name;
+      await page.route("**/result/*/events", (route) => route.fulfill(fulfil));
+      const before = await page.evaluate(() => document.querySelector("#video").src);
+      await page.locator("#generate").click();
+      const done = await page.waitForFunction((old) => {
+        const err = document.querySelector("#error");
+        if (!err.hidden) return `error: ${err.textContent.trim()}`;
+        const v = document.querySelector("#video");
+        return v.src !== old && v.src.startsWith("blob:") && v.readyState >= 2 ? "ok" : false;
+      }, before, { timeout: TIMEOUT_MS, polling: 100 }).then((h) => h.jsonValue());
+      check(done === "ok", `the page shows an ${done}`);
+      const transport = await page.evaluate(() => document.body.dataset.transport);
+      check(transport === expected, `progress came via ${transport}, expected ${expected}`);
+      await page.unroute("**/result/*/events");
+    }
+    const entries = await page.locator("#history li").allTextContents();
+    check(entries.length === 4, `history: ${JSON.stringify(entries)}`);
+
+    step = "screenshot";
+    await page.evaluate(() => { const v = document.querySelector("#video"); v.pause(); v.currentTime = 0; });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    log(`screenshot: ${SCREENSHOT}`);
+
+    step = "no errors in the page";
+    const violations = await page.evaluate(() => window.__csp);
+    check(violations.length === 0, `content security policy violations: ${violations.join("; ")}`);
+    check(problems.length === 0, problems.join("\n"));
+    log("all checks passed");
+  } catch (err) {
+    if (page && !page.isClosed()) {
+      await page.screenshot({ path: SCREENSHOT, fullPage: true }).catch(() => {});
+      const error = await page.locator("#error").textContent().catch(() => "");
+      if (error.trim()) console.error(`[playground] error box on the page: ${error.trim()}`);
+    }
+    if (problems.length) console.error(`[playground] also seen:\n${problems.join("\n")}`);
+    throw err;
+  } finally {
+    await browser.close();
+    rmSync(downloads, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(`[playground] FAILED in step "${step}": ${err instanceof CheckFailed ? err.message : err.stack || err}`);
+  process.exitCode = 1;
+});
