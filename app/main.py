@@ -18,6 +18,7 @@ from app.api.errors import install_error_handlers
 from app.api.limits import RateLimiter
 from app.api.middleware import RequestMiddleware
 from app.config import Settings
+from app.content_filter import load_filter
 from app.jobs.notify import Listener
 from app.jobs.service import JobService
 from app.jobs.sweeper import sweep
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
                model_label: str | None = None) -> FastAPI:
     """Build the app. Without `generator_factory`, the model comes from SVD_MODEL."""
     settings = settings or Settings()
+    load_filter(settings.content_filter)      # a bad SVD_CONTENT_FILTER stops start-up here
     model_warning = None
     if settings.workers and generator_factory is None:
         generator_factory, model_label, model_warning = default_generator_factory(settings)

@@ -25,7 +25,7 @@ def snapshot(job: Job, extra: dict) -> tuple[int, str, dict]:
         stage = extra.get("stage")
         offset = {"decoding": 900, "encoding": 950}.get(stage, min(job.step or 0, 899))
         return 1000 + offset, "progress", extra
-    if job.state == JobState.SUCCEEDED:
+    if job.state in (JobState.SUCCEEDED, JobState.CONTENT_FILTERED):
         return 2000, "done", {"finish_reason": job.finish_reason or "SUCCESS", "seed": job.seed}
     if job.state == JobState.CANCELLED:
         return 2000, "cancelled", {}

@@ -114,7 +114,7 @@ class JobService:
             return None
         if job.expires_at is not None and job.expires_at < time.time():
             return None
-        if job.state == JobState.SUCCEEDED:
+        if job.state in (JobState.SUCCEEDED, JobState.CONTENT_FILTERED):
             if not job.result_key or not self.results.exists(job.result_key):
                 log.error("job %s succeeded but its result is missing", job.id)
                 return None

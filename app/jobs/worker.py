@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from app.content_filter import flagged, load_filter
 from app.jobs.model import Job, JobState
 from app.jobs.store import JobStore
 from app.logs import kv
@@ -42,13 +43,14 @@ class WorkerConfig:
     output_fps: int = 7
     idle_poll_s: float = 1.0          # fallback when no wake-up arrives
     crash_at: str = ""                # fault hook for tests: "", queued, denoise, encode, write
+    content_filter: str = ""          # package.module:function; see app/content_filter.py
 
     @classmethod
     def from_settings(cls, settings) -> "WorkerConfig":
         return cls(lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s,
                    max_attempts=settings.max_attempts, job_timeout_s=settings.job_timeout_s,
                    result_ttl_s=settings.result_ttl_s, output_fps=settings.output_fps,
-                   crash_at=settings.fault_crash_at)
+                   crash_at=settings.fault_crash_at, content_filter=settings.content_filter)
 
 
 class _Stop(Exception):
@@ -95,6 +97,7 @@ class Worker:
         self.draining = threading.Event()   # claim nothing new; let the job in hand finish
         self.ready = threading.Event()
         self.generator = None
+        self.content_filter = load_filter(config.content_filter)
         self._thread: threading.Thread | None = None
         self._current: _Running | None = None
 
@@ -178,6 +181,9 @@ class Worker:
                 request = replace(request, noise_aug_strength=job.noise_aug_strength)
             frames = self._generate(running, request)
             generate_s = time.monotonic() - t0
+            filtered = bool(self.content_filter) and flagged(self.content_filter(frames, image))
+            if filtered:
+                frames = frames * 0            # nothing flagged is ever served
             self._check_abort(running)
             self._report(running, 0.95)
             key = self._store_video(running, frames)
@@ -192,7 +198,9 @@ class Worker:
             log.error("job %s failed: %s\n%s", job.id, exc, traceback.format_exc())
             self._finish(job, JobState.FAILED, error=_describe(exc))
             return
-        if self._finish(job, JobState.SUCCEEDED, finish_reason="SUCCESS", result_key=key):
+        outcome = JobState.CONTENT_FILTERED if filtered else JobState.SUCCEEDED
+        reason = "CONTENT_FILTERED" if filtered else "SUCCESS"
+        if self._finish(job, outcome, finish_reason=reason, result_key=key):
             total = time.monotonic() - t0
             log.info(kv(job=job.id, event="succeeded", worker=self.name, total_s=total,
                         generate_s=generate_s, encode_s=encode_s, frames=len(frames)))

@@ -1,0 +1,37 @@
+"""The optional content filter: a flagged video finishes CONTENT_FILTERED, blacked out."""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from app.content_filter import load_filter
+from tests.api.test_start import start
+from tests.conftest import KEY_A, running_server, wait_done
+from tests.helpers import decode_frames
+
+
+def test_flagged_videos_are_content_filtered_and_black(tmp_path):
+    with running_server(tmp_path, content_filter="tests.filters:flag_everything") as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+        job_id = start(client, data={"seed": "3"}).json()["id"]
+        r = wait_done(client, job_id, headers={"accept": "video/*"})
+        assert r.status_code == 200 and r.headers["finish-reason"] == "CONTENT_FILTERED"
+        assert decode_frames(r.content).max() <= 20              # blacked out (after H.264)
+        body = client.get(f"/v2beta/image-to-video/result/{job_id}",
+                          headers={"accept": "application/json"}).json()
+        assert body["finish_reason"] == "CONTENT_FILTERED" and body["seed"] == 3
+
+
+def test_unflagged_videos_pass(tmp_path):
+    with running_server(tmp_path, content_filter="tests.filters:flag_nothing") as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+        r = wait_done(client, start(client).json()["id"])
+        assert r.headers["finish-reason"] == "SUCCESS"
+        assert np.asarray(decode_frames(r.content)).max() > 50
+
+
+@pytest.mark.parametrize("spec", ["nocolon", "tests.filters:missing", "no_such_module:f"])
+def test_bad_filter_specs_fail_loudly(spec):
+    with pytest.raises((ValueError, ImportError)):
+        load_filter(spec)
