@@ -181,10 +181,11 @@ class SqlJobStore:
                 .where(jobs.c.id == oldest, jobs.c.state == JobState.QUEUED.value)
                 .values(state=JobState.RUNNING.value, worker=worker, lease_until=now + lease_s,
                         attempts=jobs.c.attempts + 1, started_at=now)
-                .returning(jobs.c.id))
+                .returning(*[jobs.c[n] for n in _FIELDS], jobs.c.image))
+        # Claimed and read in one statement: a job is never claimed and then left unread.
         with self.engine.begin() as c:
-            job_id = c.execute(stmt).scalar()
-        return self.get(job_id, with_image=True) if job_id else None
+            row = c.execute(stmt).first()
+        return _row_to_job(row) if row else None
 
     def _update_held(self, claimed, *conditions, **values) -> bool:
         stmt = (update(jobs).where(jobs.c.id == claimed.id, jobs.c.worker == claimed.worker,

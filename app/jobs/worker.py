@@ -100,6 +100,7 @@ class Worker:
         self.content_filter = load_filter(config.content_filter)
         self._thread: threading.Thread | None = None
         self._current: _Running | None = None
+        self._last_requeue = 0.0
 
     @property
     def busy(self) -> bool:
@@ -147,7 +148,10 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and run one job. False when there was nothing to do."""
         now = time.time()
-        self.store.requeue_expired(now, self.cfg.max_attempts, now + self.cfg.result_ttl_s)
+        # Jobs of dead workers: checked a few times per lease, not before every claim.
+        if now - self._last_requeue >= self.cfg.lease_s / 3:
+            self._last_requeue = now
+            self.store.requeue_expired(now, self.cfg.max_attempts, now + self.cfg.result_ttl_s)
         if self.cfg.crash_at == "queued" and self.store.count(JobState.QUEUED):
             _crash_here("queued")          # with a job accepted and not yet claimed
         job = self.store.claim(self.name, now, self.cfg.lease_s)
