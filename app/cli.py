@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    from app.client_cli import add_commands       # generate, doctor
+    add_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
