@@ -13,6 +13,14 @@
 
 `load`: many concurrent clients against one server: status codes, Retry-After on refusals,
 poll and /healthz latency, server memory; see scripts/bench_load.py.
+
+    python scripts/bench.py queue [--workers 16] [--processes 4] [--jobs 2000] [--sleep 0.0]
+                                  [--latency-jobs 300] [--database-url URL] [--quick]
+                                  [--json OUT.json]
+
+`queue`: the PostgreSQL job queue with a fake generator: claim/finish throughput across worker
+processes, duplicates and lost jobs, submit-to-claim latency with and without LISTEN/NOTIFY;
+see scripts/bench_queue.py.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]   # run as a file: app, inference, 
 
 import bench_api  # noqa: E402
 import bench_load  # noqa: E402
+import bench_queue  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench_api.add_parser(sub)
     bench_load.add_parser(sub)
+    bench_queue.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
