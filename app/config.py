@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     webhook_allow: str = ""
     webhook_secret: str = ""                 # empty: generated into DATA_DIR/webhook_secret
     webhook_retry_base_s: float = Field(2.0, gt=0)
+    memory_profile: Literal["auto", "full", "balanced", "low"] = "auto"   # inference/svd.py
     content_filter: str = ""                 # package.module:function (app/content_filter.py)
     # Scale-out (docs/scaling.md).
     result_store: Literal["auto", "files", "database"] = "auto"   # auto: files on SQLite

@@ -50,7 +50,8 @@ def default_generator_factory(settings: Settings):
         log.warning("!" * 78)
 
     def factory():
-        return load_generator(choice, settings.num_frames, settings.steps, settings.cpu_threads)
+        return load_generator(choice, settings.num_frames, settings.steps, settings.cpu_threads,
+                              settings.memory_profile)
     return factory, choice.label, choice.fallback_reason
 
 

@@ -103,7 +103,7 @@ def configure_cpu_threads(threads: int) -> None:
 
 
 def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: int | None = None,
-                   cpu_threads: int = 0):
+                   cpu_threads: int = 0, memory_profile: str = "auto"):
     """Build the VideoGenerator for `choice`. `num_frames`/`steps` override the model's defaults."""
     from inference.svd import SvdGenerator, load_pretrained
 
@@ -119,6 +119,7 @@ def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: in
             gen = load_pretrained(choice.source, choice.device)
         except Exception as exc:
             raise ModelUnavailable(f"could not load {choice.source}: {exc}") from exc
+    gen.set_profile(memory_profile)
     if num_frames:
         gen.default_frames = num_frames
     if steps:

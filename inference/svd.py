@@ -52,32 +52,71 @@ SVD_XT_STEPS = 25
 DEFAULT_DECODE_CHUNK = 8
 
 
+# Memory profiles (SVD_MEMORY_PROFILE): what each trades for memory, from fastest to leanest.
+#   full:     decode 8 frames at a time (~15 GiB peak for SVD-XT 1024x576x25 in fp16)
+#   balanced: decode 4 at a time, UNet feed-forward in chunks
+#   low:      decode 2 at a time, chunked feed-forward, only the running model on the GPU
+#             (model CPU offload), for cards of about 8 GiB
+PROFILES = ("full", "balanced", "low")
+# Free GPU memory (GiB) from which `auto` picks a profile (measured peaks, plus headroom).
+AUTO_THRESHOLDS = (("full", 18.0), ("balanced", 12.0))
+
+
+def set_feed_forward_chunking(unet, on: bool) -> None:
+    """diffusers can turn this on for the SVD UNet but has no call to turn it off."""
+    for module in unet.modules():
+        if hasattr(module, "set_chunk_feed_forward"):
+            module.set_chunk_feed_forward(chunk_size=1 if on else None, dim=0)
+
+
+def auto_profile(free_gib: float) -> str:
+    for profile, needed in AUTO_THRESHOLDS:
+        if free_gib >= needed:
+            return profile
+    return "low"
+
+
 class SvdGenerator:
     def __init__(self, pipe: StableVideoDiffusionPipeline, device: str, description: str,
                  default_frames: int, default_steps: int,
-                 decode_chunk_size: int = DEFAULT_DECODE_CHUNK):
+                 decode_chunk_size: int = DEFAULT_DECODE_CHUNK, profile: str = "full"):
         self.pipe = pipe
         self.device = device
         self.description = description
         self.default_frames = default_frames
         self.default_steps = default_steps
         self.decode_chunk_size = decode_chunk_size
+        self.profile = "full"
+        self.set_profile(profile)
+
+    def set_profile(self, profile: str) -> None:
+        """Switch memory profile (see PROFILES); `auto` picks from the free GPU memory."""
+        if profile == "auto":
+            free = torch.cuda.mem_get_info()[0] / 2**30 if self.device.startswith("cuda") else 1e9
+            profile = auto_profile(free)
+        if profile not in PROFILES:
+            raise ValueError(f"unknown memory profile {profile!r}; use auto or one of {PROFILES}")
+        if self.profile == "low" and self.device.startswith("cuda"):
+            self.pipe.remove_all_hooks()
+            self.pipe.to(self.device)
+        self.decode_chunk_size = {"full": DEFAULT_DECODE_CHUNK, "balanced": 4, "low": 2}[profile]
+        set_feed_forward_chunking(self.pipe.unet, profile != "full")
+        if profile == "low" and self.device.startswith("cuda"):
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        self.profile = profile
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
                  low_memory: int = 0) -> np.ndarray:
+        # After an out-of-memory error: a leaner profile for this one call, then back.
+        before = self.profile
         if low_memory:
             self._free_memory()
-            self.pipe.unet.enable_forward_chunking()
-            if low_memory >= 2 and self.device.startswith("cuda"):
-                self.pipe.enable_model_cpu_offload(device=self.device)
+            self.set_profile("low" if low_memory >= 2 else "balanced")
         try:
             return self._generate(request, on_step, low_memory)
         finally:
             if low_memory:
-                self.pipe.unet.disable_forward_chunking()
-                if low_memory >= 2 and self.device.startswith("cuda"):
-                    self.pipe.remove_all_hooks()
-                    self.pipe.to(self.device)
+                self.set_profile(before)
                 self._free_memory()
 
     def _free_memory(self) -> None:
@@ -112,7 +151,7 @@ class SvdGenerator:
                 max_guidance_scale=request.cfg_scale,
                 fps=CONDITIONING_FPS, motion_bucket_id=request.motion_bucket_id,
                 noise_aug_strength=request.noise_aug_strength,
-                decode_chunk_size=min(LOW_MEMORY_DECODE_CHUNK if low_memory else
+                decode_chunk_size=min(LOW_MEMORY_DECODE_CHUNK if low_memory >= 2 else
                                       self.decode_chunk_size, frames),
                 generator=generator, output_type="np", callback_on_step_end=callback)
         video = out.frames[0]                      # float in [0, 1], (frames, h, w, 3)

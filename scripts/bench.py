@@ -33,6 +33,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]   # run as a file: app, inference, 
 
 import bench_api  # noqa: E402
 import bench_load  # noqa: E402
+import bench_gpu  # noqa: E402
 import bench_queue  # noqa: E402
 
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     bench_api.add_parser(sub)
+    bench_gpu.add_parser(sub)
     bench_load.add_parser(sub)
     bench_queue.add_parser(sub)
     args = parser.parse_args(argv)

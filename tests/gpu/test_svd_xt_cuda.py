@@ -23,22 +23,8 @@ W, H, FRAMES, STEPS = 1024, 576, 25, 25
 
 
 def build_svd_xt_random():
-    from diffusers import (AutoencoderKLTemporalDecoder, StableVideoDiffusionPipeline,
-                           UNetSpatioTemporalConditionModel)
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from inference.tiny import feature_extractor, scheduler
-    with torch.device("cuda"):
-        unet = UNetSpatioTemporalConditionModel(sample_size=96, num_frames=25)   # SVD-XT shape
-        vae = AutoencoderKLTemporalDecoder(
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            layers_per_block=2, latent_channels=4, sample_size=768)
-        enc = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1280, intermediate_size=5120, num_attention_heads=16, num_hidden_layers=32,
-            patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"))
-    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=unet, scheduler=scheduler(),
-                                        feature_extractor=feature_extractor())
-    return pipe.to("cuda", torch.float16)
+    from inference.random_arch import build_svd_xt_random as build
+    return build("cuda", torch.float16)
 
 
 def test_svd_xt_fp16_through_the_server(tmp_path):
