@@ -161,19 +161,20 @@ def _local(args, settings, data: bytes, out: Path, bar: Bar) -> int:
     from inference.encode import encode_mp4
     from inference.images import ImageError, decode_rgb, probe
 
-    allowed = settings.allowed_sizes
-
     def refuse(w: int, h: int) -> ImageError:
-        listed = ", ".join(f"{a}x{b}" for a, b in allowed)
+        if settings.any_size:
+            return ImageError(f"dimensions {w}x{h} are not supported: sides must be multiples of "
+                              f"64, with at most {settings.max_pixels} pixels (SVD_ALLOWED_SIZES=any)")
+        listed = ", ".join(f"{a}x{b}" for a, b in settings.allowed_sizes)
         return ImageError(f"dimensions {w}x{h} are not supported; use one of {listed} "
                           "(SVD_ALLOWED_SIZES)")
 
     try:                              # as the server checks it: header first, then decoded
         info = probe(data)
-        if (info.width, info.height) not in allowed and (info.height, info.width) not in allowed:
+        if not settings.size_allowed(info.width, info.height):
             raise refuse(info.width, info.height)
         image = decode_rgb(data, info)
-        if image.size not in allowed:
+        if not settings.size_allowed(*image.size, exact=True):
             raise refuse(*image.size)
     except ImageError as exc:
         raise Failed(f"{args.image}: image {exc}") from None
@@ -187,7 +188,8 @@ def _local(args, settings, data: bytes, out: Path, bar: Bar) -> int:
             print(f"WARNING: SVD_MODEL={settings.model}: {choice.fallback_reason}",
                   file=sys.stderr, flush=True)
         gen = load_generator(choice, args.frames or settings.num_frames,
-                             args.steps or settings.steps, settings.cpu_threads)
+                             args.steps or settings.steps, settings.cpu_threads,
+                             settings.memory_profile)
     except ModelUnavailable as exc:
         raise Failed(str(exc), 2) from None
     seed = args.seed or random_seed()

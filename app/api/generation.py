@@ -109,6 +109,9 @@ async def cancel(id: str, request: Request, owner: str = Depends(require_owner))
         raise ApiError(409, "generation_finished", ["id: the generation has already finished"],
                        "Too late to cancel: the generation has finished.")
     log.info(kv(request_id=request_id.get(), job=id, event="cancel_requested", outcome=outcome))
+    if outcome == "cancelled":              # a queued job: finished here, not by a worker
+        state.metrics.jobs_finished.labels("cancelled").inc()
+        state.webhooks.submit(id)
     # "cancelled": a queued job, done now; "cancelling": a running one, stops at its next step.
     return JSONResponse({"id": id, "status": "cancelled" if outcome == "cancelled" else "cancelling"})
 

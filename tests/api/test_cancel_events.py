@@ -88,3 +88,22 @@ def test_events_stream_progress_then_done_and_resume(tmp_path):
             == ["done"]
         assert_error(httpx.get(server.url + RESULT + job_id + "/events",
                                headers={"authorization": KEY_B}), 404, "generation_not_found")
+
+
+def test_cancelling_a_queued_job_announces_it_at_once(tmp_path):
+    from tests.api.test_webhooks import Receiver
+    gen = FakeGenerator()
+    gen.hold = True
+    rec = Receiver()
+    try:
+        with running_server(tmp_path, generator=gen, webhook_allow="127.0.0.1:*") as server, \
+                httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+            start(client)
+            queued = start(client, data={"webhook_url": f"http://127.0.0.1:{rec.port}/h"}).json()["id"]
+            assert client.delete(RESULT + queued).json()["status"] == "cancelled"
+            rec.wait(1, timeout=10)
+            assert json.loads(rec.received[0][1])["status"] == "cancelled"
+            assert 'svd_jobs_finished_total{state="cancelled"} 1.0' in client.get("/metrics").text
+            gen.release.set()
+    finally:
+        rec.close()
