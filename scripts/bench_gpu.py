@@ -12,7 +12,6 @@ ratio to plain diffusers, peak GPU memory, GPU busy share (NVML, when available)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import threading

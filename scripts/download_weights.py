@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Start the server with:\n  SVD_MODEL={path}")
     elif args.revision and args.revision != "main":
         print("The server loads the cache's 'main' revision, not this one. To serve a pinned "
-              f"revision, download it with --local-dir DIR and set SVD_MODEL=DIR.")
+              "revision, download it with --local-dir DIR and set SVD_MODEL=DIR.")
     elif args.repo == SVD_XT_REPO:
         print("Nothing to set: the default SVD_MODEL=auto finds these weights in the Hugging Face "
               f"cache on a CUDA machine, as long as the server runs with the same HF_HOME "

@@ -7,10 +7,7 @@ the generator factory, inside the worker thread.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import signal
 import threading
 import time
 import traceback
@@ -18,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from app.content_filter import flagged, load_filter
+from app.jobs.failures import crash_here, describe_failure
 from app.jobs.model import Job, JobState
 from app.jobs.store import JobStore
 from app.logs import kv
@@ -64,18 +62,6 @@ class _Running:
         self.job = job
         self.abort_reason: str | None = None      # set → the next step stops the generation
         self.done = threading.Event()
-
-
-def _crash_here(phase: str) -> None:
-    """The fault hook (SVD_FAULT_CRASH_AT): die as a power cut or the OOM killer would.
-
-    Half a second first, so that the 200 of the POST that queued the job has reached the
-    test client (which must know the id to check that the job survives)."""
-    log.critical(kv(event="fault_hook_crash", phase=phase))
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    time.sleep(0.5)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Worker:
@@ -153,7 +139,7 @@ class Worker:
             self._last_requeue = now
             self.store.requeue_expired(now, self.cfg.max_attempts, now + self.cfg.result_ttl_s)
         if self.cfg.crash_at == "queued" and self.store.count(JobState.QUEUED):
-            _crash_here("queued")          # with a job accepted and not yet claimed
+            crash_here("queued")          # with a job accepted and not yet claimed
         job = self.store.claim(self.name, now, self.cfg.lease_s)
         if job is None:
             return False
@@ -200,7 +186,7 @@ class Worker:
                 self._stopped(running)
                 return
             log.error("job %s failed: %s\n%s", job.id, exc, traceback.format_exc())
-            self._finish(job, JobState.FAILED, error=_describe(exc))
+            self._finish(job, JobState.FAILED, error=describe_failure(exc))
             return
         outcome = JobState.CONTENT_FILTERED if filtered else JobState.SUCCEEDED
         reason = "CONTENT_FILTERED" if filtered else "SUCCESS"
@@ -226,7 +212,7 @@ class Worker:
         def on_step(done: int, total: int) -> None:
             self._check_abort(running)
             if self.cfg.crash_at == "denoise":
-                _crash_here("denoise")
+                crash_here("denoise")
             now = time.monotonic()
             if done == total or now - last_progress[0] >= 0.25:   # spare the database
                 last_progress[0] = now
@@ -262,11 +248,11 @@ class Worker:
         temp = self.results.temp_path(key)
         try:
             if self.cfg.crash_at == "encode":
-                _crash_here("encode")
+                crash_here("encode")
             encode_video(frames, temp, job.output_fps or self.cfg.output_fps, fmt)
             self._check_abort(running)
             if self.cfg.crash_at == "write":
-                _crash_here("write")
+                crash_here("write")
             self.results.commit(temp, key)
         finally:
             temp.unlink(missing_ok=True)
@@ -329,12 +315,3 @@ class Worker:
                 running.abort_reason = "lease lost"
                 log.warning(kv(job=job.id, event="lease_lost", worker=self.name))
                 return
-
-
-def _describe(exc: Exception) -> str:
-    """The failure as the client will read it: short, without paths or tracebacks."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "could not store the video: the server's disk is full"
-    if is_out_of_memory(exc):
-        return "out of GPU memory, even with the lowest-memory settings"
-    return f"{type(exc).__name__}: {exc}"[:500]
