@@ -18,21 +18,29 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def load_or_create_key(data_dir: Path) -> str:
-    """The key in DATA_DIR/api_key, created (mode 0600, exclusively) on first start."""
-    path = data_dir / KEY_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
+def read_or_create_secret(path: Path, make) -> tuple[str, bool]:
+    """The secret in `path`; on first use `make()` writes one there, mode 0600, created
+    exclusively (two processes starting at once agree on one). Returns (secret, created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        key = path.read_text().strip()
-        if not key:
-            raise SystemExit(f"{path} is empty: delete it to get a new key, or set SVD_API_KEYS")
-        return key
-    key = "sk-" + secrets.token_urlsafe(32)
+        secret = path.read_text().strip()
+        if not secret:
+            raise SystemExit(f"{path} is empty: delete it to get a new one") from None
+        return secret, False
+    secret = make()
     with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    log.warning("No SVD_API_KEYS set: generated an API key into %s (read it from there)", path)
+        fh.write(secret + "\n")
+    return secret, True
+
+
+def load_or_create_key(data_dir: Path) -> str:
+    """The key in DATA_DIR/api_key, created on first start when SVD_API_KEYS is unset."""
+    path = data_dir / KEY_FILE
+    key, created = read_or_create_secret(path, lambda: "sk-" + secrets.token_urlsafe(32))
+    if created:
+        log.warning("No SVD_API_KEYS set: generated an API key into %s (read it from there)", path)
     return key
 
 

@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import queue
 import secrets
 import threading
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from app.keys import read_or_create_secret
 from app.logs import kv
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,7 @@ def host_allowed(url: str, allow: list[str]) -> bool:
 def load_secret(configured: str, data_dir: Path) -> bytes:
     if configured:
         return configured.encode()
-    path = data_dir / SECRET_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip().encode()
-    secret = secrets.token_hex(32)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
+    secret, _ = read_or_create_secret(data_dir / SECRET_FILE, lambda: secrets.token_hex(32))
     return secret.encode()
 
 
