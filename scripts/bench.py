@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]   # run as a file: app, inference, bench_* importable
 
 import bench_api  # noqa: E402
+from bench_common import BenchError  # noqa: E402
 import bench_load  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_queue  # noqa: E402
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except bench_api.BenchError as exc:
+    except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -19,13 +19,7 @@ passed to the server, so the numbers do not depend on the caller's settings.
 """
 from __future__ import annotations
 
-import argparse
-import io
 import json
-import os
-import secrets
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,33 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from statistics import fmean, median
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_common import (BenchError, noise_png, percentile, print_table, server_process,
+                          size_arg)
 
 TARGET_OVERHEAD = 1.10
 TARGET_POLL_P99_MS = 50.0
 MAX_STEPS, MAX_FRAMES = 200, 128       # the ranges Settings accepts for SVD_STEPS/NUM_FRAMES
-
-
-class BenchError(RuntimeError):
-    """Something broke (not a missed target): exit non-zero."""
-
-
-def noise_png(width: int, height: int) -> bytes:
-    """A deterministic noise PNG: a flat colour would compress to nothing and upload free."""
-    import numpy as np
-    from PIL import Image
-    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (k - lo)
 
 
 class Direct:
@@ -108,65 +81,6 @@ def calibrate(direct: Direct, target: float, frames: int) -> tuple[int, int, flo
     if abs(took - target) > 0.25 * target:
         print(f"warning: calibrated job takes {took:.2f} s, not ~{target:.2f} s", file=sys.stderr)
     return frames, steps, took
-
-
-class Server:
-    """A running `python -m app.cli serve`: its URL, keys, process and log."""
-
-    def __init__(self, url: str, keys: list[str], proc, data: Path, log_path: Path):
-        self.url, self.keys, self.proc, self.data, self.log_path = url, keys, proc, data, log_path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self) -> str:
-        return self.log()[-3000:]
-
-
-@contextmanager
-def server_process(size: str, frames: int, steps: int, keys: int = 1,
-                   env: dict[str, str] | None = None):
-    """Yield a Server (tiny model) on a free port once /readyz answers 200, with `keys`
-    random API keys and `env` added to its environment; stop it afterwards."""
-    import httpx
-    with socket.socket() as sock:                      # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    api_keys = [secrets.token_hex(16) for _ in range(keys)]
-    with tempfile.TemporaryDirectory(prefix="svd-bench-") as tmp:
-        data, log_path = Path(tmp) / "data", Path(tmp) / "server.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SVD_")}
-        full_env.update(SVD_MODEL="tiny", SVD_API_KEYS=",".join(api_keys), SVD_ALLOWED_SIZES=size,
-                        SVD_NUM_FRAMES=str(frames), SVD_STEPS=str(steps), SVD_DATA_DIR=str(data),
-                        SVD_PORT=str(port), SVD_LOG_LEVEL="warning", PYTHONUNBUFFERED="1",
-                        **(env or {}))
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                    env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        server = Server(f"http://127.0.0.1:{port}", api_keys, proc, data, log_path)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(f"server exited with {proc.returncode}:\n{server.tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"server not ready in 120 s:\n{server.tail()}")
-                try:
-                    if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            yield server
-        except httpx.HTTPError as exc:
-            raise BenchError(f"HTTP request failed: {exc!r}\nserver log:\n{server.tail()}") from exc
-        finally:                                        # terminate, then kill
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 @contextmanager
@@ -236,29 +150,6 @@ def report(res: dict) -> None:
     print_table(f"svd-server API benchmark: {res['jobs']} job(s)", rows)
 
 
-def print_table(title: str, rows: list[tuple]) -> None:
-    """Rows of (metric, value, target, passed), passed None where there is no target; a rich
-    table when rich is installed, plain columns otherwise."""
-    marks = {None: "", True: "PASS", False: "MISS"}
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        print(title)
-        width = max(len(r[0]) for r in rows)
-        for name, value, target, passed in rows:
-            print(f"{name:<{width}}  {value:<40}  {target:<10}  {marks[passed]}")
-        return
-    table = Table(title=title)
-    for col in ("metric", "value", "target", ""):
-        table.add_column(col, no_wrap=True)
-    for name, value, target, passed in rows:
-        style = {True: "green", False: "red"}.get(passed, "default")
-        table.add_row(name, value, target, f"[{style}]{marks[passed]}[/]")
-    needed = sum(max(len(str(r[i])) for r in rows) for i in range(3)) + 4 + 13  # + borders
-    Console(width=max(100, needed, Console().width)).print(table)
-
-
 def cmd_api(args) -> int:
     jobs = args.jobs or (1 if args.quick else 5)
     target = args.target_s or (1.0 if args.quick else 4.0)
@@ -304,18 +195,6 @@ def cmd_api(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     return 0
-
-
-def size_arg(value: str) -> tuple[int, int]:
-    from app.config import parse_sizes
-    try:
-        sizes = parse_sizes(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if len(sizes) != 1:
-        raise argparse.ArgumentTypeError("one size, please")
-    return sizes[0]
-
 
 
 def add_parser(sub) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_api import print_table, size_arg
+from bench_common import print_table, size_arg
 
 
 class GpuBusy:

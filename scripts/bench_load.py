@@ -21,11 +21,11 @@ import re
 import sys
 import time
 from collections import Counter
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from bench_api import (TARGET_POLL_P99_MS, BenchError, http_job, noise_png, percentile,
-                       print_table, server_process)
+from bench_api import TARGET_POLL_P99_MS, http_job
+from bench_common import (BenchError, cpu_s, noise_png, print_table, retry_after_s, rss_kb,
+                          server_process, stats_ms)
 
 TARGET_RSS_RATIO = 1.10
 START, RESULT = "/v2beta/image-to-video", "/v2beta/image-to-video/result/"
@@ -33,33 +33,6 @@ CONFIG = ("clients", "keys", "duration", "frames", "steps", "poll_interval", "jo
           "request_timeout", "rate_limit", "max_queued", "max_queued_per_key")
 BUCKET_RE = re.compile(r"^svd_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", re.M)
 LOG_ERROR_RE = re.compile(r"^\S+ \S+ (ERROR|CRITICAL)\s|^Traceback ", re.M)
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of a process, from /proc/<pid>/status."""
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)[1])
-
-
-def cpu_s(pid: int | None = None) -> float:
-    """CPU seconds (user + system) of a process, or of the whole machine without a pid."""
-    if pid is None:                                  # /proc/stat: user nice system idle iowait ...
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = sum(ticks[:8]) - ticks[3] - ticks[4]
-    else:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        busy = int(fields[11]) + int(fields[12])
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
-    try:
-        return max(float(value), 0.0)
-    except (TypeError, ValueError):
-        try:
-            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-        except (TypeError, ValueError):
-            return None
 
 
 async def server_poll_buckets(http) -> Counter:
@@ -70,11 +43,6 @@ async def server_poll_buckets(http) -> Counter:
         if "/result/" in labels.get("route", ""):
             buckets[labels["le"]] += float(count)
     return buckets
-
-
-def stats_ms(v: list[float]) -> dict:
-    return {"n": len(v), "p50": percentile(v, 0.5) if v else None,
-            "p99": percentile(v, 0.99) if v else None, "max": max(v, default=None)}
 
 
 class Load:

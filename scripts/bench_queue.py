@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench_api import BenchError, percentile, print_table
+from bench_common import BenchError, percentile, print_table
 from bench_queue_workers import Workers, store_rows, tally
 
 TARGET_JOBS_PER_S = 100.0

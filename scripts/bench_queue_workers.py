@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import Counter
 
-from bench_api import BenchError
+from bench_common import BenchError
 
 LEASE_S = 600.0          # nothing expires during a run
 RESULT_TTL_S = 3600.0
