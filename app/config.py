@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     webhook_secret: str = ""                 # empty: generated into DATA_DIR/webhook_secret
     webhook_retry_base_s: float = Field(2.0, gt=0)
     memory_profile: Literal["auto", "full", "balanced", "low"] = "auto"   # inference/svd.py
+    # Speed (docs/performance.md). `fast` trades measured quality for speed: fewer default
+    # steps, step caching and, on Hopper with torchao, FP8 matmuls.
+    mode: Literal["quality", "fast"] = "quality"
+    compile: Literal["off", "on", "max"] = "off"   # torch.compile the UNet (max: CUDA graphs)
+    warmup: Literal["auto", "on", "off"] = "auto"  # auto: warm up at start when compiling
+    # Step caching: reuse the UNet's deep features for N-1 of every N steps; None: the
+    # mode's choice (quality: off, fast: 3).
+    step_cache: int | None = Field(None, ge=1, le=10)
+    fp8: Literal["auto", "on", "off"] = "auto"     # auto: in fast mode, where the card has FP8
+    max_batch: int = Field(1, ge=1, le=8)          # compatible queued jobs run as one batch
+    overlap: bool = True    # encode/store a finished video while the next one denoises
     content_filter: str = ""                 # package.module:function (app/content_filter.py)
     # Scale-out (docs/scaling.md).
     result_store: Literal["auto", "files", "database"] = "auto"   # auto: files on SQLite
@@ -103,7 +114,7 @@ class Settings(BaseSettings):
     def _sizes(cls, v):
         return parse_sizes(v) if isinstance(v, str) else v
 
-    @field_validator("num_frames", "steps", mode="before")
+    @field_validator("num_frames", "steps", "step_cache", mode="before")
     @classmethod
     def _empty_is_unset(cls, v):
         return None if v == "" else v
@@ -149,6 +160,11 @@ class Settings(BaseSettings):
     @property
     def results_in_database(self) -> bool:
         return self.result_store == "database" or (self.result_store == "auto" and self.uses_postgres)
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """torch.compile's artefacts, kept so a restart skips most of the compiling."""
+        return self.data_dir / "compile-cache"
 
     @property
     def results_dir(self) -> Path:
