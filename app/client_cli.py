@@ -187,9 +187,10 @@ def _local(args, settings, data: bytes, out: Path, bar: Bar) -> int:
             bar.show("loading", detail="tiny model (fallback)")
             print(f"WARNING: SVD_MODEL={settings.model}: {choice.fallback_reason}",
                   file=sys.stderr, flush=True)
-        gen = load_generator(choice, args.frames or settings.num_frames,
-                             args.steps or settings.steps, settings.cpu_threads,
-                             settings.memory_profile)
+        options = settings.generator_options() | dict(
+            num_frames=args.frames or settings.num_frames, steps=args.steps or settings.steps,
+            warmup="off")        # one video: warming up first would only add time
+        gen = load_generator(choice, **options)
     except ModelUnavailable as exc:
         raise Failed(str(exc), 2) from None
     seed = args.seed or random_seed()

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     def results_in_database(self) -> bool:
         return self.result_store == "database" or (self.result_store == "auto" and self.uses_postgres)
 
+    def generator_options(self) -> dict:
+        """Keyword arguments of inference.loader.load_generator from these settings."""
+        return dict(num_frames=self.num_frames, steps=self.steps, cpu_threads=self.cpu_threads,
+                    memory_profile=self.memory_profile, mode=self.mode, compile=self.compile,
+                    step_cache=self.step_cache, fp8=self.fp8, cache_dir=self.compile_cache_dir,
+                    warmup=self.warmup, warmup_sizes=self.allowed_sizes or ((1024, 576),))
+
     @property
     def compile_cache_dir(self) -> Path:
         """torch.compile's artefacts, kept so a restart skips most of the compiling."""

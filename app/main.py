@@ -50,8 +50,7 @@ def default_generator_factory(settings: Settings):
         log.warning("!" * 78)
 
     def factory():
-        return load_generator(choice, settings.num_frames, settings.steps, settings.cpu_threads,
-                              settings.memory_profile)
+        return load_generator(choice, **settings.generator_options())
     return factory, choice.label, choice.fallback_reason
 
 

@@ -6,16 +6,18 @@
   x-svd-model header); an error with instructions when there is CUDA but no weights, since a
   GPU box must never serve random noise as a successful video.
 - `tiny`: the tiny model, on purpose.
+- `svd-xt-random`: SVD-XT's architecture with random weights, for benchmarks (noise videos).
 - a local directory or a Hugging Face repo id: exactly that, or an error saying why not.
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.svd import SVD_XT_REPO
+from inference.svd import SVD_XT_FRAMES, SVD_XT_REPO, SVD_XT_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +27,18 @@ TINY_DEFAULT_FRAMES = 6
 TINY_DEFAULT_STEPS = 2
 
 
+# SVD-XT's architecture with random weights: its speed and memory without its weights, for
+# benchmarks on a GPU (`SVD_MODEL=svd-xt-random`); its videos are noise, and say so.
+RANDOM_ARCH = "svd-xt-random"
+
+
 class ModelUnavailable(RuntimeError):
     """The configured model cannot be served; the message tells the operator what to do."""
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    kind: str                   # "svd" | "tiny"
+    kind: str                   # "svd" | "tiny" | "svd-xt-random"
     source: str | None          # directory or repo id for "svd"
     device: str                 # "cuda" | "cpu"
     fallback_reason: str | None = None   # set when `auto` fell back to the tiny model
@@ -41,6 +48,8 @@ class ModelChoice:
         """Short value for the x-svd-model header."""
         if self.kind == "tiny":
             return "tiny-random" + ("; fallback=no-cuda" if self.fallback_reason else "")
+        if self.kind == RANDOM_ARCH:
+            return "svd-xt-random; random-weights"
         return self.source or "svd"
 
 
@@ -74,6 +83,8 @@ def resolve_model(spec: str, cuda: bool | None = None) -> ModelChoice:
     spec = (spec or "auto").strip()
     if spec == "tiny":
         return ModelChoice("tiny", None, device)
+    if spec == RANDOM_ARCH:
+        return ModelChoice(RANDOM_ARCH, None, device)
     if spec == "auto":
         if not cuda:
             return ModelChoice("tiny", None, "cpu", fallback_reason=(
@@ -103,20 +114,32 @@ def configure_cpu_threads(threads: int) -> None:
 
 
 def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: int | None = None,
-                   cpu_threads: int = 0, memory_profile: str = "auto"):
-    """Build the VideoGenerator for `choice`. `num_frames`/`steps` override the model's defaults."""
+                   cpu_threads: int = 0, memory_profile: str = "auto", mode: str = "quality",
+                   compile: str = "off", step_cache: int | None = None, fp8: str = "auto",
+                   cache_dir: Path | None = None, warmup: str = "auto",
+                   warmup_sizes: tuple[tuple[int, int], ...] = ()):
+    """Build the VideoGenerator for `choice`. `num_frames`/`steps` override the model's
+    defaults; the speed options are inference.speed's (SVD_MODE, SVD_COMPILE, ...)."""
+    from inference.speed import FAST_STEPS, resolve
     from inference.svd import SvdGenerator, load_pretrained
 
     if choice.device == "cpu":
         configure_cpu_threads(cpu_threads)
+    speed = resolve(mode, compile, step_cache, fp8, choice.device, cache_dir)
     if choice.kind == "tiny":
         from inference.tiny import build_tiny_pipeline
         pipe = build_tiny_pipeline().to(choice.device)
         gen = SvdGenerator(pipe, choice.device, f"tiny random-weight SVD ({choice.device})",
-                           default_frames=TINY_DEFAULT_FRAMES, default_steps=TINY_DEFAULT_STEPS)
+                           default_frames=TINY_DEFAULT_FRAMES, default_steps=TINY_DEFAULT_STEPS,
+                           speed=speed)
+    elif choice.kind == "svd-xt-random":
+        from inference.random_arch import build_svd_xt_random
+        pipe = build_svd_xt_random(choice.device)
+        gen = SvdGenerator(pipe, choice.device, f"SVD-XT architecture, RANDOM weights ({choice.device})",
+                           default_frames=SVD_XT_FRAMES, default_steps=SVD_XT_STEPS, speed=speed)
     else:
         try:
-            gen = load_pretrained(choice.source, choice.device)
+            gen = load_pretrained(choice.source, choice.device, speed=speed)
         except Exception as exc:
             raise ModelUnavailable(f"could not load {choice.source}: {exc}") from exc
     gen.set_profile(memory_profile)
@@ -124,4 +147,11 @@ def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: in
         gen.default_frames = num_frames
     if steps:
         gen.default_steps = steps
+    elif mode == "fast" and choice.kind != "tiny":
+        gen.default_steps = FAST_STEPS
+    if warmup == "on" or (warmup == "auto" and speed.compiled):
+        sizes, t0 = list(warmup_sizes) or [(1024, 576)], time.monotonic()
+        gen.warm_up(sizes)
+        log.info("warmed up for %s in %.1f s", ", ".join(f"{w}x{h}" for w, h in sizes),
+                 time.monotonic() - t0)
     return gen

@@ -3,7 +3,7 @@
 One class serves SVD-XT on a GPU and the tiny random-weight pipeline on a CPU: same call,
 same conditioning, same seeding. Conditioning follows the reference sampler:
 - motion_bucket_id from the request;
-- fps conditioning 6 (diffusers subtracts one from its `fps=7` argument);
+- fps conditioning 6 (diffusers subtracts one from its `fps=7` argument; we pass 6);
 - noise_aug_strength 0.02;
 - guidance rises linearly over the frames from 1.0 (first frame) to cfg_scale (last frame);
   with cfg_scale <= 1 there is no classifier-free guidance at all (one UNet pass per step).
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers.utils import logging as hf_logging
 
 # Without torchvision, transformers falls back to the PIL image processor (the one SVD was
@@ -37,10 +38,9 @@ class _DropFp32CastNotice(logging.Filter):
 
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropFp32CastNotice())
 
-from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE,
-                            GenerationRequest, StepCallback)
-
-LOW_MEMORY_DECODE_CHUNK = 2
+from inference.base import GenerationRequest, StepCallback
+from inference.sampler import SampleOptions, guidance_on, sample
+from inference.speed import SpeedOptions, apply_fp8, compile_unet, set_feed_forward_chunking
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +50,20 @@ SVD_XT_STEPS = 25
 # Decoding all 25 frames at once doubles peak memory (32.5 GiB vs 15.1 GiB on SVD-XT) for no
 # speed gain; 8 frames at a time keeps it flat.
 DEFAULT_DECODE_CHUNK = 8
+# Warm-up: enough steps that a step-cached step runs too; nothing is decoded.
+WARMUP_STEPS = 3
 
 
 # Memory profiles (SVD_MEMORY_PROFILE): what each trades for memory, from fastest to leanest.
 #   full:     decode 8 frames at a time (~15 GiB peak for SVD-XT 1024x576x25 in fp16)
-#   balanced: decode 4 at a time, UNet feed-forward in chunks
-#   low:      decode 2 at a time, chunked feed-forward, only the running model on the GPU
-#             (model CPU offload), for cards of about 8 GiB
+#   balanced: decode 4 at a time, UNet feed-forward in slices
+#   low:      decode 2 at a time, feed-forward in slices, the two halves of guidance one
+#             after the other, only the running model on the GPU (model CPU offload); for
+#             cards of about 8 GiB
 PROFILES = ("full", "balanced", "low")
+DECODE_CHUNKS = {"full": DEFAULT_DECODE_CHUNK, "balanced": 4, "low": 2}
 # Free GPU memory (GiB) from which `auto` picks a profile (measured peaks, plus headroom).
 AUTO_THRESHOLDS = (("full", 18.0), ("balanced", 12.0))
-
-
-def set_feed_forward_chunking(unet, on: bool) -> None:
-    """diffusers can turn this on for the SVD UNet but has no call to turn it off."""
-    for module in unet.modules():
-        if hasattr(module, "set_chunk_feed_forward"):
-            module.set_chunk_feed_forward(chunk_size=1 if on else None, dim=0)
 
 
 def auto_profile(free_gib: float) -> str:
@@ -76,10 +73,16 @@ def auto_profile(free_gib: float) -> str:
     return "low"
 
 
+def batch_key(request: GenerationRequest, frames: int, steps: int) -> tuple:
+    """Requests with equal keys can share one batch (one UNet call per step)."""
+    return request.image.size, frames, steps, guidance_on(request)
+
+
 class SvdGenerator:
     def __init__(self, pipe: StableVideoDiffusionPipeline, device: str, description: str,
                  default_frames: int, default_steps: int,
-                 decode_chunk_size: int = DEFAULT_DECODE_CHUNK, profile: str = "full"):
+                 decode_chunk_size: int = DEFAULT_DECODE_CHUNK, profile: str = "full",
+                 speed: SpeedOptions | None = None):
         self.pipe = pipe
         self.device = device
         self.description = description
@@ -87,7 +90,20 @@ class SvdGenerator:
         self.default_steps = default_steps
         self.decode_chunk_size = decode_chunk_size
         self.profile = "full"
+        self.speed = speed or SpeedOptions()
+        self.step_cache = None
+        self._apply_speed()
         self.set_profile(profile)
+
+    def _apply_speed(self) -> None:
+        unet, speed = self.pipe.unet, self.speed
+        if speed.fp8:
+            log.info("FP8 matmuls in %d linear layers of the UNet", apply_fp8(unet))
+        if speed.compiled:
+            compile_unet(unet, speed.compile, speed.cache_dir)
+        if speed.step_cache > 1:
+            from inference.step_cache import StepCache
+            self.step_cache = StepCache(unet, speed.step_cache)
 
     def set_profile(self, profile: str) -> None:
         """Switch memory profile (see PROFILES); `auto` picks from the free GPU memory."""
@@ -99,25 +115,56 @@ class SvdGenerator:
         if self.profile == "low" and self.device.startswith("cuda"):
             self.pipe.remove_all_hooks()
             self.pipe.to(self.device)
-        self.decode_chunk_size = {"full": DEFAULT_DECODE_CHUNK, "balanced": 4, "low": 2}[profile]
+        self.decode_chunk_size = DECODE_CHUNKS[profile]
         set_feed_forward_chunking(self.pipe.unet, profile != "full")
         if profile == "low" and self.device.startswith("cuda"):
             self.pipe.enable_model_cpu_offload(device=self.device)
         self.profile = profile
 
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        return batch_key(request, request.num_frames or self.default_frames,
+                         request.steps or self.default_steps)
+
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
                  low_memory: int = 0) -> np.ndarray:
+        return self.generate_batch([request], on_step, low_memory)[0]
+
+    def generate_batch(self, requests: list[GenerationRequest],
+                       on_step: StepCallback | None = None, low_memory: int = 0) -> list[np.ndarray]:
+        """One video per request, in one batch; the requests must share batch_key."""
+        if len({self.batch_key(r) for r in requests}) != 1:
+            raise ValueError("requests of one batch must share size, frames, steps and guidance")
         # After an out-of-memory error: a leaner profile for this one call, then back.
         before = self.profile
         if low_memory:
             self._free_memory()
             self.set_profile("low" if low_memory >= 2 else "balanced")
         try:
-            return self._generate(request, on_step, low_memory)
+            return self._sample(requests, on_step)
         finally:
             if low_memory:
                 self.set_profile(before)
                 self._free_memory()
+
+    def warm_up(self, sizes: list[tuple[int, int]], frames: int | None = None) -> None:
+        """Run the denoising steps once per size (no decoding), so that compiling, kernel
+        selection and allocator growth happen before the first request, not during it."""
+        for width, height in sizes:
+            image = Image.new("RGB", (width, height), (128, 128, 128))
+            request = GenerationRequest(image=image, seed=1, num_frames=frames,
+                                        steps=WARMUP_STEPS)
+            self._sample([request], None, decode=False)
+
+    def _sample(self, requests: list[GenerationRequest], on_step: StepCallback | None,
+                decode: bool = True) -> list[np.ndarray]:
+        first = requests[0]
+        options = SampleOptions(frames=first.num_frames or self.default_frames,
+                                steps=first.steps or self.default_steps,
+                                decode_chunk_size=self.decode_chunk_size,
+                                cfg_sequential=self.profile == "low", decode=decode)
+        if self.step_cache is not None:
+            self.step_cache.reset()
+        return sample(self.pipe, requests, options, on_step, unet=self.step_cache)
 
     def _free_memory(self) -> None:
         if self.device.startswith("cuda"):
@@ -129,33 +176,6 @@ class SvdGenerator:
             return {}
         return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved(),
                 "peak_allocated": torch.cuda.max_memory_allocated()}
-
-    def _generate(self, request: GenerationRequest, on_step: StepCallback | None,
-                  low_memory: int) -> np.ndarray:
-        frames = request.num_frames or self.default_frames
-        steps = request.steps or self.default_steps
-        width, height = request.image.size
-
-        def callback(pipe, i, t, kwargs):
-            if on_step is not None:
-                on_step(i + 1, steps)
-            return kwargs
-
-        # The generator lives on the CPU so the same seed gives the same noise on any device.
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        with torch.inference_mode():
-            out = self.pipe(
-                request.image, height=height, width=width, num_frames=frames,
-                num_inference_steps=steps,
-                min_guidance_scale=min(MIN_GUIDANCE_SCALE, request.cfg_scale),
-                max_guidance_scale=request.cfg_scale,
-                fps=CONDITIONING_FPS, motion_bucket_id=request.motion_bucket_id,
-                noise_aug_strength=request.noise_aug_strength,
-                decode_chunk_size=min(LOW_MEMORY_DECODE_CHUNK if low_memory >= 2 else
-                                      self.decode_chunk_size, frames),
-                generator=generator, output_type="np", callback_on_step_end=callback)
-        video = out.frames[0]                      # float in [0, 1], (frames, h, w, 3)
-        return (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def load_pretrained(source: str | Path, device: str, **options) -> SvdGenerator:
