@@ -83,8 +83,8 @@ def compile_unet(unet, mode: str, cache_dir: Path | None) -> None:
     """Compile every block of the UNet in place (module.compile); shapes are static."""
     if cache_dir is not None:
         # Read by inductor each time it looks for an artefact; set before the first compile.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
-        os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(cache_dir / "triton")
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                RECOMPILE_LIMIT)

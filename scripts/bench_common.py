@@ -55,32 +55,34 @@ class Server:
 
 @contextmanager
 def server_process(size: str, frames: int, steps: int, keys: int = 1,
-                   env: dict[str, str] | None = None):
+                   env: dict[str, str] | None = None, data_dir: Path | None = None,
+                   ready_timeout_s: float = 120.0):
     """Yield a Server (tiny model) on a free port once /readyz answers 200, with `keys`
-    random API keys and `env` added to its environment; stop it afterwards."""
+    random API keys and `env` added to its environment; stop it afterwards. `data_dir`:
+    keep the data there (default: a temporary directory)."""
     import httpx
     with socket.socket() as sock:                      # a free port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     api_keys = [secrets.token_hex(16) for _ in range(keys)]
     with tempfile.TemporaryDirectory(prefix="svd-bench-") as tmp:
-        data, log_path = Path(tmp) / "data", Path(tmp) / "server.log"
+        data, log_path = data_dir or Path(tmp) / "data", Path(tmp) / "server.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SVD_")}
         full_env.update(SVD_MODEL="tiny", SVD_API_KEYS=",".join(api_keys), SVD_ALLOWED_SIZES=size,
                         SVD_NUM_FRAMES=str(frames), SVD_STEPS=str(steps), SVD_DATA_DIR=str(data),
-                        SVD_PORT=str(port), SVD_LOG_LEVEL="warning", PYTHONUNBUFFERED="1",
-                        **(env or {}))
+                        SVD_PORT=str(port), SVD_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+        full_env.update(env or {})
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
                                     env=full_env, stdout=log, stderr=subprocess.STDOUT)
         server = Server(f"http://127.0.0.1:{port}", api_keys, proc, data, log_path)
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + ready_timeout_s
             while True:
                 if proc.poll() is not None:
                     raise BenchError(f"server exited with {proc.returncode}:\n{server.tail()}")
                 if time.monotonic() > deadline:
-                    raise BenchError(f"server not ready in 120 s:\n{server.tail()}")
+                    raise BenchError(f"server not ready in {ready_timeout_s:.0f} s:\n{server.tail()}")
                 try:
                     if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
                         break
