@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # The GPU check, on one NVIDIA card with nothing but this repo (and, where the machine lacks
-# them, the project's Python packages as wheels in .whl/): plain diffusers and svd-server's
-# generator in the same run, full-speed and 8 GiB profiles, random-weight SVD-XT.
+# them, the project's Python packages as wheels in .whl/), random-weight SVD-XT throughout.
+#
+#   scripts/gpu_check.sh [gpu|load|tests|all]
+#
+#   gpu   (~7 min on an H200) plain diffusers and svd-server in the same run: eager full
+#         profile, the low profile under an 8 GiB limit, batches of 2 and 4, compiled quality
+#         mode, fast mode; one table.
+#   load  (~5 min) 10 back-to-back jobs through a real worker, overlap off and on (GPU busy
+#         %), batches of 1, 2 and 4 (videos/hour); then start-up: eager, compiled with an
+#         empty cache, compiled with a warm cache (time to ready, first video).
+#   tests the GPU tests (tests/gpu): every mode against eager fp16 within its tolerance.
+# Each part stays under 10 minutes; JSON results go to $OUT (default: the current directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+part="${1:-gpu}"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
@@ -13,4 +24,15 @@ nvidia-smi -L
 # Fewer reserved-but-unused blocks: what lets the low profile fit a small card.
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 out="${OUT:-.}"
-python3 scripts/bench.py gpu --json "$out/bench_gpu.json" "$@"
+if [ "$part" = gpu ] || [ "$part" = all ]; then
+  python3 scripts/bench.py gpu --json "$out/bench_gpu.json"
+fi
+if [ "$part" = load ] || [ "$part" = all ]; then
+  python3 scripts/bench.py worker --model svd-xt-random --size 1024x576 --frames 25 --steps 10 \
+    --jobs 10 --json "$out/bench_worker.json"
+  python3 scripts/bench.py startup --model svd-xt-random --size 1024x576 --frames 25 --steps 25 \
+    --json "$out/bench_startup.json"
+fi
+if [ "$part" = tests ] || [ "$part" = all ]; then
+  python3 -m pytest tests/gpu -s -q -p no:cacheprovider
+fi
