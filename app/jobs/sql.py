@@ -94,6 +94,11 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _same(column, value):
+    """Equal, with unset (NULL) equal only to unset."""
+    return column.is_(None) if value is None else column == value
+
+
 def _row_to_job(row) -> Job:
     data = dict(row._mapping)
     data["state"] = JobState(data["state"])
@@ -177,15 +182,40 @@ class SqlJobStore:
         oldest = (select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
                   .order_by(jobs.c.created_at, jobs.c.id).limit(1)
                   .with_for_update(skip_locked=True).scalar_subquery())
-        stmt = (update(jobs)
-                .where(jobs.c.id == oldest, jobs.c.state == JobState.QUEUED.value)
+        # Claimed and read in one statement: a job is never claimed and then left unread.
+        with self.engine.begin() as c:
+            row = c.execute(self._take(jobs.c.id == oldest, worker, now, lease_s)).first()
+        return _row_to_job(row) if row else None
+
+    def claim_compatible(self, claimed, worker, now, lease_s, limit):
+        if limit <= 0:
+            return []
+        # The same one statement as claim, for up to `limit` jobs that fit with `claimed`
+        # (app.jobs.store.compatible).
+        fits = (select(jobs.c.id)
+                .where(jobs.c.state == JobState.QUEUED.value, jobs.c.width == claimed.width,
+                       jobs.c.height == claimed.height,
+                       _same(jobs.c.num_frames, claimed.num_frames),
+                       _same(jobs.c.steps, claimed.steps),
+                       jobs.c.cfg_scale > 1.0 if claimed.cfg_scale > 1 else jobs.c.cfg_scale <= 1.0)
+                .order_by(jobs.c.created_at, jobs.c.id).limit(limit)
+                .with_for_update(skip_locked=True)
+                # Evaluated once: as a plain IN (subquery), PostgreSQL may run it again for
+                # each row, skip the rows this statement just took, and take more than `limit`.
+                .cte("fits").prefix_with("MATERIALIZED", dialect="postgresql"))
+        with self.engine.begin() as c:
+            rows = c.execute(self._take(jobs.c.id.in_(select(fits.c.id)), worker, now,
+                                        lease_s)).all()
+        return sorted((_row_to_job(r) for r in rows), key=lambda j: (j.created_at, j.id))
+
+    @staticmethod
+    def _take(which, worker, now, lease_s):
+        """queued → running under `worker`, returning the whole row with its image."""
+        return (update(jobs)
+                .where(which, jobs.c.state == JobState.QUEUED.value)
                 .values(state=JobState.RUNNING.value, worker=worker, lease_until=now + lease_s,
                         attempts=jobs.c.attempts + 1, started_at=now)
                 .returning(*[jobs.c[n] for n in _FIELDS], jobs.c.image))
-        # Claimed and read in one statement: a job is never claimed and then left unread.
-        with self.engine.begin() as c:
-            row = c.execute(stmt).first()
-        return _row_to_job(row) if row else None
 
     def _update_held(self, claimed, *conditions, **values) -> bool:
         stmt = (update(jobs).where(jobs.c.id == claimed.id, jobs.c.worker == claimed.worker,

@@ -25,6 +25,11 @@ class JobStore(Protocol):
     def claim(self, worker: str, now: float, lease_s: float) -> Job | None:
         """Oldest queued job → running, held by `worker` until now + lease_s; with its image."""
 
+    def claim_compatible(self, claimed: Job, worker: str, now: float, lease_s: float,
+                         limit: int) -> list[Job]:
+        """Up to `limit` more queued jobs that can share one generator call with `claimed`
+        (see `compatible`), oldest first, each claimed as `claim` does; in one atomic step."""
+
     # The calls below take the Job that `claim` returned: they change it only while it is
     # still running under that claim (same worker, same attempt), and return False otherwise.
 
@@ -79,6 +84,13 @@ class JobStore(Protocol):
 CRASHED = "the worker stopped while running this job {n} times; giving up"
 
 
+def compatible(a: Job, b: Job) -> bool:
+    """Whether two jobs can run in one batch: same size, frames and steps (unset only
+    matches unset), and classifier-free guidance on for both (cfg_scale > 1) or off for both."""
+    return ((a.width, a.height, a.num_frames, a.steps) == (b.width, b.height, b.num_frames, b.steps)
+            and (a.cfg_scale > 1) == (b.cfg_scale > 1))
+
+
 class MemoryJobStore:
     """Same semantics as the SQL store, in a dict; a lock makes each call atomic."""
 
@@ -113,10 +125,21 @@ class MemoryJobStore:
             if not queued:
                 return None
             job = min(queued, key=lambda j: (j.created_at, j.id))
-            job.state, job.worker, job.lease_until = JobState.RUNNING, worker, now + lease_s
-            job.attempts += 1
-            job.started_at = now
-            return copy.copy(job)
+            return self._take(job, worker, now, lease_s)
+
+    def claim_compatible(self, claimed, worker, now, lease_s, limit):
+        with self._lock:
+            fits = sorted((j for j in self._jobs.values()
+                           if j.state == JobState.QUEUED and compatible(j, claimed)),
+                          key=lambda j: (j.created_at, j.id))
+            return [self._take(j, worker, now, lease_s) for j in fits[:max(limit, 0)]]
+
+    @staticmethod
+    def _take(job, worker, now, lease_s):
+        job.state, job.worker, job.lease_until = JobState.RUNNING, worker, now + lease_s
+        job.attempts += 1
+        job.started_at = now
+        return copy.copy(job)
 
     def _held(self, claimed):
         job = self._jobs.get(claimed.id)
