@@ -21,6 +21,13 @@ poll and /healthz latency, server memory; see scripts/bench_load.py.
 `queue`: the PostgreSQL job queue with a fake generator: claim/finish throughput across worker
 processes, duplicates and lost jobs, submit-to-claim latency with and without LISTEN/NOTIFY;
 see scripts/bench_queue.py.
+
+    python scripts/bench.py worker [--model tiny|svd-xt-random] [--size 64x64] [--frames 4]
+                                   [--steps 2] [--jobs 10] [--batches 1,2,4] [--quick]
+                                   [--json OUT.json]
+
+`worker`: a real worker with overlap off and on (generator busy share, videos/hour) and with
+batches of compatible jobs; see scripts/bench_worker.py.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from bench_common import BenchError  # noqa: E402
 import bench_load  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_queue  # noqa: E402
+import bench_worker  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_gpu.add_parser(sub)
     bench_load.add_parser(sub)
     bench_queue.add_parser(sub)
+    bench_worker.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
