@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from fractions import Fraction
 
 import av
@@ -44,6 +45,16 @@ def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
     chroma = np.stack([np.clip(np.rint(128.0 + 224.0 * c), 16, 240) for c in (cb, cr)])
     out[h:] = chroma.reshape(h // 2, w)      # U plane then V plane, each (h/2) x (w/2)
     return out
+
+
+def yield_cpu_to_the_gpu_feed(niceness: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread, and the encoder
+    threads it starts inherit it). A thread that encodes videos while another one feeds the
+    GPU calls this first: the encoder gets every idle core, the GPU feed never waits."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):     # not Linux, or not permitted: run as is
+        pass
 
 
 def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int,

@@ -28,6 +28,12 @@ see scripts/bench_queue.py.
 
 `worker`: a real worker with overlap off and on (generator busy share, videos/hour) and with
 batches of compatible jobs; see scripts/bench_worker.py.
+
+    python scripts/bench.py startup [--model tiny|svd-xt-random] [--size 1024x576] [--frames N]
+                                    [--steps N] [--compile on|max] [--quick] [--json OUT.json]
+
+`startup`: time from launch to ready and the first video's time, eager and compiled (empty
+and warm compile cache); see scripts/bench_startup.py.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ from bench_common import BenchError  # noqa: E402
 import bench_load  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_queue  # noqa: E402
+import bench_startup  # noqa: E402
 import bench_worker  # noqa: E402
 
 
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_gpu.add_parser(sub)
     bench_load.add_parser(sub)
     bench_queue.add_parser(sub)
+    bench_startup.add_parser(sub)
     bench_worker.add_parser(sub)
     args = parser.parse_args(argv)
     try:

@@ -20,7 +20,7 @@ from app.jobs.held import Held, Holder, Stop
 from app.jobs.model import JobState
 from app.logs import kv
 from app.storage import ResultStore
-from inference.encode import encode_video
+from inference.encode import encode_video, yield_cpu_to_the_gpu_feed
 
 log = logging.getLogger("app.jobs.worker")
 
@@ -73,6 +73,7 @@ class Finisher:
             self._thread = None
 
     def _run(self) -> None:
+        yield_cpu_to_the_gpu_feed()    # the encoder takes idle cores, never the GPU feed's
         while (videos := self._queue.get()) is not _CLOSE:
             try:
                 self._finish_all(videos)

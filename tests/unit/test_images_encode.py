@@ -100,3 +100,24 @@ def test_exif_orientation_is_applied():
     data = buf.getvalue()
     assert (probe(data).width, probe(data).height) == (96, 64)
     assert decode_rgb(data, probe(data)).size == (64, 96)
+
+
+def test_an_encoder_thread_yields_the_cpu_without_touching_the_rest_of_the_process():
+    import os
+    import sys
+    import threading
+
+    from inference.encode import yield_cpu_to_the_gpu_feed
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are Linux's")
+    seen = {}
+
+    def encoder():
+        yield_cpu_to_the_gpu_feed()
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    t = threading.Thread(target=encoder)
+    t.start()
+    t.join()
+    assert seen["thread"] == min(before + 10, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

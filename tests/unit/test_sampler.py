@@ -138,3 +138,26 @@ def test_speed_settings_resolve_per_mode_and_device():
     assert resolve("quality", compile="max").compile == "max"
     with pytest.raises(ValueError, match="FP8 needs an NVIDIA GPU"):
         resolve("quality", fp8="on", device="cpu")
+
+
+def test_fast_mode_caches_steps_yet_reports_and_stops_at_every_step(pipe):
+    request = GenerationRequest(image=image(4), seed=5, cfg_scale=2.0)
+    quality = SvdGenerator(pipe, "cpu", "tiny", FRAMES, 6).generate(request)
+    fast = SvdGenerator(pipe, "cpu", "tiny", FRAMES, 6, speed=resolve("fast"))
+    seen = []
+    frames = fast.generate(request, on_step=lambda done, total: seen.append(done))
+    assert seen == [1, 2, 3, 4, 5, 6]
+    # Steps 0, 3 and 5 (the last) run the whole UNet; 1, 2 and 4 only its shallow blocks.
+    assert (fast.step_cache.full_steps, fast.step_cache.cached_steps) == (3, 3)
+    assert frames.shape == quality.shape and 0 < max_diff(frames, quality)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_two(done, total):
+        if done == 2:
+            raise Cancelled
+    with pytest.raises(Cancelled):
+        fast.generate(request, on_step=cancel_at_two)
+    # The next video starts from a clean cache: the same request gives the same frames.
+    assert max_diff(fast.generate(request), frames) == 0
