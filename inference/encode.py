@@ -52,7 +52,8 @@ def yield_cpu_to_the_gpu_feed(niceness: int = 10) -> None:
     threads it starts inherit it). A thread that encodes videos while another one feeds the
     GPU calls this first: the encoder gets every idle core, the GPU feed never waits."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + niceness))
     except (AttributeError, OSError):     # not Linux, or not permitted: run as is
         pass
 
