@@ -161,3 +161,12 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def sqlite_job_store(path: Path):
+    """A migrated SQLite job store in the file `path`."""
+    from app.jobs import migrate
+    from app.jobs.sql import SqlJobStore, make_engine
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    return SqlJobStore(engine)

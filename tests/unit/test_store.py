@@ -10,32 +10,14 @@ from sqlalchemy import text
 
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.sql import SqlJobStore, make_engine, metadata
-from app.jobs.store import MemoryJobStore
+from app.jobs.sql import make_engine, metadata
 
 T0 = 1_000_000.0
 
 
-def sqlite_store(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
-    migrate.upgrade(engine)
-    return SqlJobStore(engine)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryJobStore()
-    elif request.param == "sqlite":
-        s = sqlite_store(tmp_path)
-    else:
-        engine = make_engine(request.getfixturevalue("postgres_url"))
-        migrate.upgrade(engine)
-        with engine.begin() as c:
-            c.execute(text("TRUNCATE jobs"))
-        s = SqlJobStore(engine)
-    yield s
-    s.close()
+@pytest.fixture
+def store(any_store):
+    return any_store
 
 
 def job(created=T0, owner="o" * 64, **kw) -> Job:

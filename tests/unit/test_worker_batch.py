@@ -12,24 +12,17 @@ from app.config import Settings
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
 from app.jobs.sql import SqlJobStore, make_engine
-from app.jobs.store import MemoryJobStore
 from app.jobs.worker import Worker, WorkerConfig
 from app.storage import FileResultStore
 from tests.fakes import FakeGenerator
-from tests.helpers import inspect_mp4, png_bytes
+from tests.helpers import inspect_mp4, png_bytes, sqlite_job_store
 
 T0 = 1_000_000.0
 
 
-def sqlite_store(path) -> SqlJobStore:
-    engine = make_engine(f"sqlite:///{path}")
-    migrate.upgrade(engine)
-    return SqlJobStore(engine)
-
-
 @pytest.fixture
 def store(tmp_path):
-    s = sqlite_store(tmp_path / "jobs.db")
+    s = sqlite_job_store(tmp_path / "jobs.db")
     yield s
     s.close()
 
@@ -78,7 +71,7 @@ def test_four_compatible_jobs_are_one_generator_call_and_each_gets_its_own_video
     assert [seeds(b) for b in gen.batches] == [[10, 11, 12, 13]] and gen.calls == []
 
     # The same jobs one at a time give byte-identical videos (encoding is deterministic).
-    alone_store = sqlite_store(tmp_path / "alone.db")
+    alone_store = sqlite_job_store(tmp_path / "alone.db")
     alone = make_worker(tmp_path, alone_store, FakeGenerator(), name="w1", max_batch=1)
     twins = [add(alone_store, seed=j.seed, created=j.created_at, steps=2) for j in jobs]
     drain_queue(alone)
@@ -205,22 +198,6 @@ def test_a_batch_is_prefetched_too(tmp_path, store):
 
 # -- the batch claim, on every store ------------------------------------------------------
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def any_store(request, tmp_path):
-    if request.param == "memory":
-        s = MemoryJobStore()
-    elif request.param == "sqlite":
-        s = sqlite_store(tmp_path / "claims.db")
-    else:
-        engine = make_engine(request.getfixturevalue("postgres_url"))
-        migrate.upgrade(engine)
-        with engine.begin() as c:
-            c.execute(text("TRUNCATE jobs"))
-        s = SqlJobStore(engine)
-    yield s
-    s.close()
-
-
 def test_claim_compatible_takes_the_oldest_fitting_jobs(any_store):
     s = any_store
     first = add(s, created=T0, steps=None)
@@ -252,7 +229,7 @@ def test_concurrent_batch_claims_never_share_a_job(request, tmp_path, backend):
             c.execute(text("TRUNCATE jobs"))
         s = SqlJobStore(engine)
     else:
-        s = sqlite_store(tmp_path / "race.db")
+        s = sqlite_job_store(tmp_path / "race.db")
     for i in range(60):
         s.create(job(seed=i + 1, created=T0 + i, steps=2 + i % 2))
     got, lock = [], threading.Lock()
