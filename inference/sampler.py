@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
     _append_dims, retrieve_timesteps)
+from diffusers.utils.torch_utils import randn_tensor
 
 from inference.base import CONDITIONING_FPS, MIN_GUIDANCE_SCALE, GenerationRequest, StepCallback
 
@@ -54,6 +55,11 @@ def _with_guidance(parts: list[tuple[torch.Tensor | None, torch.Tensor]], cfg: b
     return torch.cat([torch.cat([u for u, _ in parts]), conds])
 
 
+def _randn(shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """Noise drawn as the pipeline draws it (on the generator's device, then moved)."""
+    return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+
+
 def _conditioning(pipe, request: GenerationRequest, generator: torch.Generator, cfg: bool,
                   frames: int, device):
     """One video's CLIP embedding, VAE image latents and added time ids, drawn from its own
@@ -61,7 +67,7 @@ def _conditioning(pipe, request: GenerationRequest, generator: torch.Generator, 
     width, height = request.image.size
     embeddings = pipe._encode_image(request.image, device, 1, cfg)
     image = pipe.video_processor.preprocess(request.image, height=height, width=width).to(device)
-    noise = pipe_randn(image.shape, generator, device, image.dtype)
+    noise = _randn(image.shape, generator, device, image.dtype)
     image = image + request.noise_aug_strength * noise
     upcast = pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast
     if upcast:
@@ -75,11 +81,6 @@ def _conditioning(pipe, request: GenerationRequest, generator: torch.Generator, 
     time_ids = pipe._get_add_time_ids(CONDITIONING_FPS - 1, request.motion_bucket_id,
                                       request.noise_aug_strength, embeddings.dtype, 1, 1, cfg)
     return _halves(embeddings, cfg), _halves(latents, cfg), _halves(time_ids.to(device), cfg)
-
-
-def pipe_randn(shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
-    from diffusers.utils.torch_utils import randn_tensor
-    return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
 
 
 @torch.inference_mode()
