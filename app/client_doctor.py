@@ -77,9 +77,39 @@ def check_model(r: Report, settings, torch):
         status = "WARN" if choice.fallback_reason else "OK"
         why = choice.fallback_reason or "on purpose; its videos are noise"
         r.line(status, "model", f"SVD_MODEL={settings.model} -> tiny random-weight model ({why})")
+    elif choice.kind == "svd-xt-random":
+        r.line("WARN", "model", f"SVD_MODEL={settings.model} -> SVD-XT's architecture with RANDOM "
+               f"weights on {choice.device}: for benchmarks; its videos are noise")
     else:
         r.line("OK", "model", f"SVD_MODEL={settings.model} -> {choice.source} on {choice.device}")
     return choice
+
+
+def check_speed(r: Report, settings, choice) -> None:
+    """The speed settings (docs/performance.md), and whether this machine can honour them."""
+    from inference.speed import resolve
+    device = choice.device if choice is not None else "cpu"
+    try:
+        speed = resolve(settings.mode, settings.compile, settings.step_cache, settings.fp8, device)
+    except ValueError as exc:
+        r.line("FAIL", "speed", str(exc), "set SVD_FP8=auto (or off)")
+        return
+    r.line("OK", "speed", f"mode {settings.mode}, compile {speed.compile}, step cache "
+           f"{speed.step_cache}, FP8 {'on' if speed.fp8 else 'off'}, batch up to "
+           f"{settings.max_batch}, overlap {'on' if settings.overlap else 'off'}")
+    if not speed.compiled:
+        return
+    if device == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        r.line("FAIL", "compile", "compiling for a CPU needs a C++ compiler; none found",
+               "install g++, or set SVD_COMPILE=off")
+        return
+    cache = settings.compile_cache_dir
+    files = sum(1 for p in cache.rglob("*") if p.is_file()) if cache.is_dir() else 0
+    if files:
+        r.line("OK", "compile", f"{files} cached artefacts in {cache}: a start loads them")
+    else:
+        r.line("WARN", "compile", f"nothing cached in {cache} yet",
+               "the first start compiles (minutes) before it says ready; later starts reuse it")
 
 
 def _missing_weights(source: str) -> tuple[str, list[str]]:
@@ -234,6 +264,7 @@ def run_doctor() -> int:
         choice = check_model(r, settings, torch)
         if torch is not None:
             check_weights(r, settings, choice)
+            check_speed(r, settings, choice)
         check_encoder(r)
         check_database(r, settings)
         check_disk(r, settings)

@@ -148,7 +148,7 @@ def test_doctor_reports_without_leaking_keys(tmp_path, key_from):
     text = run.stdout + run.stderr
     assert run.returncode in (0, 1), text
     assert (run.returncode == 1) == ("[FAIL]" in run.stdout)
-    for name in ("python", "torch", "CUDA", "model", "weights", "encoder", "database",
+    for name in ("python", "torch", "CUDA", "model", "weights", "speed", "encoder", "database",
                  "data dir", "disk", "API keys"):
         assert re.search(rf"^\[(?: OK |WARN|FAIL)\] {name}\b", run.stdout, re.M), (name, text)
     assert secret not in text and "other-secret-key" not in text
@@ -156,3 +156,14 @@ def test_doctor_reports_without_leaking_keys(tmp_path, key_from):
         assert "schema at head" in run.stdout and "(mode 0600)" in run.stdout
     else:
         assert "not created yet" in run.stdout and "2 key(s)" in run.stdout
+
+
+def test_doctor_names_speed_settings_this_machine_cannot_honour(tmp_path):
+    env = {"SVD_DATA_DIR": str(tmp_path / "data"), "SVD_MODEL": "tiny", "SVD_API_KEYS": "k"}
+    run = svd("doctor", env={**env, "SVD_FP8": "on"}, timeout=60)
+    assert run.returncode == 1
+    assert re.search(r"^\[FAIL\] speed .*FP8 needs an NVIDIA GPU", run.stdout, re.M), run.stdout
+    run = svd("doctor", env={**env, "SVD_COMPILE": "on", "SVD_MODE": "fast"}, timeout=60)
+    assert re.search(r"^\[ OK \] speed +mode fast, compile on, step cache 3, FP8 off", run.stdout,
+                     re.M), run.stdout
+    assert re.search(r"^\[WARN\] compile +nothing cached in .*compile-cache", run.stdout, re.M)
