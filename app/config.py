@@ -166,7 +166,8 @@ class Settings(BaseSettings):
         return dict(num_frames=self.num_frames, steps=self.steps, cpu_threads=self.cpu_threads,
                     memory_profile=self.memory_profile, mode=self.mode, compile=self.compile,
                     step_cache=self.step_cache, fp8=self.fp8, cache_dir=self.compile_cache_dir,
-                    warmup=self.warmup, warmup_sizes=self.allowed_sizes or ((1024, 576),))
+                    warmup=self.warmup, warmup_sizes=self.allowed_sizes or ((1024, 576),),
+                    max_batch=self.max_batch)
 
     @property
     def compile_cache_dir(self) -> Path:

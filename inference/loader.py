@@ -117,7 +117,7 @@ def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: in
                    cpu_threads: int = 0, memory_profile: str = "auto", mode: str = "quality",
                    compile: str = "off", step_cache: int | None = None, fp8: str = "auto",
                    cache_dir: Path | None = None, warmup: str = "auto",
-                   warmup_sizes: tuple[tuple[int, int], ...] = ()):
+                   warmup_sizes: tuple[tuple[int, int], ...] = (), max_batch: int = 1):
     """Build the VideoGenerator for `choice`. `num_frames`/`steps` override the model's
     defaults; the speed options are inference.speed's (SVD_MODE, SVD_COMPILE, ...)."""
     from inference.speed import FAST_STEPS, resolve
@@ -151,7 +151,7 @@ def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: in
         gen.default_steps = FAST_STEPS
     if warmup == "on" or (warmup == "auto" and speed.compiled):
         sizes, t0 = list(warmup_sizes) or [(1024, 576)], time.monotonic()
-        gen.warm_up(sizes)
+        gen.warm_up(sizes, max_batch=max_batch)
         log.info("warmed up for %s in %.1f s", ", ".join(f"{w}x{h}" for w, h in sizes),
                  time.monotonic() - t0)
     return gen

@@ -146,14 +146,21 @@ class SvdGenerator:
                 self.set_profile(before)
                 self._free_memory()
 
-    def warm_up(self, sizes: list[tuple[int, int]], frames: int | None = None) -> None:
-        """Run the denoising steps once per size (no decoding), so that compiling, kernel
-        selection and allocator growth happen before the first request, not during it."""
+    def warm_up(self, sizes: list[tuple[int, int]], frames: int | None = None,
+                max_batch: int = 1) -> None:
+        """Run the denoising steps once per shape the UNet will see, without decoding, so
+        that compiling, kernel selection and allocator growth happen before the first
+        request, not during it. Per size: one video with guidance and one without (the
+        latter is also the shape of the `low` profile's guidance halves), and batches of
+        2..max_batch with guidance."""
+        shapes = [(1, 1.8), (1, 1.0)] + [(n, 1.8) for n in range(2, max_batch + 1)]
         for width, height in sizes:
             image = Image.new("RGB", (width, height), (128, 128, 128))
-            request = GenerationRequest(image=image, seed=1, num_frames=frames,
-                                        steps=WARMUP_STEPS)
-            self._sample([request], None, decode=False)
+            for n, cfg_scale in shapes:
+                requests = [GenerationRequest(image=image, seed=1 + i, cfg_scale=cfg_scale,
+                                              num_frames=frames, steps=WARMUP_STEPS)
+                            for i in range(n)]
+                self._sample(requests, None, decode=False)
 
     def _sample(self, requests: list[GenerationRequest], on_step: StepCallback | None,
                 decode: bool = True) -> list[np.ndarray]:

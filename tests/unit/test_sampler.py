@@ -98,12 +98,21 @@ def test_a_batch_must_share_size_and_guidance(pipe):
         gen.batch_key(GenerationRequest(image=image(1), seed=5, motion_bucket_id=3))
 
 
-def test_warm_up_runs_steps_without_decoding(pipe, monkeypatch):
+def test_warm_up_runs_every_unet_shape_without_decoding(pipe, monkeypatch):
     gen = SvdGenerator(pipe, "cpu", "tiny", FRAMES, STEPS)
-    decoded = []
+    decoded, batches = [], []
     monkeypatch.setattr(pipe, "decode_latents", lambda *a, **k: decoded.append(1))
-    gen.warm_up([(W, H), (64, 128)])
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda module, args: batches.append((tuple(args[0].shape[-2:]), args[0].shape[0])))
+    try:
+        gen.warm_up([(W, H), (64, 128)], max_batch=3)
+    finally:
+        hook.remove()
     assert decoded == []
+    seen = set(batches)
+    for latent in ((H // 32, W // 32), (128 // 32, 64 // 32)):
+        # guidance on (2 halves), off (1; also the low profile's halves), batches of 2 and 3
+        assert {(latent, n) for n in (2, 1, 4, 6)} == {s for s in seen if s[0] == latent}
 
 
 def test_sliced_feed_forward_changes_memory_not_results(pipe):
