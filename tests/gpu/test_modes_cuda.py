@@ -47,7 +47,7 @@ def eager(pipe):
     return {"full": full, "chunk2": two}
 
 
-def test_our_loop_matches_plain_diffusers_exactly(pipe, eager):
+def test_our_loop_matches_plain_diffusers(pipe, eager):
     out = pipe(requests()[0].image, height=H, width=W, num_frames=FRAMES, num_inference_steps=STEPS,
                decode_chunk_size=8, min_guidance_scale=1.0, max_guidance_scale=3.0,
                generator=torch.Generator("cpu").manual_seed(1), output_type="np").frames[0]
