@@ -170,3 +170,15 @@ def sqlite_job_store(path: Path):
     engine = make_engine(f"sqlite:///{path}")
     migrate.upgrade(engine)
     return SqlJobStore(engine)
+
+
+def run_bench(tmp_path: Path, command: str, *args: str, timeout: float = 300):
+    """`scripts/bench.py COMMAND --quick ARGS --json FILE` as a process; fails the test on a
+    non-zero exit (with the output's tails). Returns the process and the JSON it wrote."""
+    import json
+    out = tmp_path / f"{command}.json"
+    proc = subprocess.run([sys.executable, "scripts/bench.py", command, "--quick", *args,
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, json.loads(out.read_text())

@@ -1,23 +1,15 @@
 """scripts/bench.py gpu runs end to end on a CPU (tiny model) and reports every column."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_gpu_quick_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu.json"
-    run = subprocess.run([sys.executable, "scripts/bench.py", "gpu", "--quick", "--json", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    res = json.loads(out.read_text())
+    run, res = run_bench(tmp_path, "gpu", timeout=300)
     runs = res["runs"]
     assert {"plain diffusers (decode chunk 8)", "svd-server full", "svd-server low",
             "svd-server batch of 2", "svd-server batch of 4"} <= set(runs)

@@ -1,24 +1,16 @@
 """scripts/bench.py load --quick runs end to end: a real server, concurrent clients, a report."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(330)
 def test_bench_load_quick_writes_its_numbers(tmp_path):
-    out = tmp_path / "load.json"
-    proc = subprocess.run([sys.executable, "scripts/bench.py", "load", "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    _, res = run_bench(tmp_path, "load", timeout=300)
     assert res["clients"] == 8 and res["duration"] == 8
     assert res["count_5xx"] == 0, res
     assert res["refusals_without_retry_after"] == 0, res

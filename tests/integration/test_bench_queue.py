@@ -1,14 +1,10 @@
 """scripts/bench.py queue --quick runs end to end on PostgreSQL: worker processes, a report."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import PG_ADMIN_URL, skip_or_fail
-from tests.helpers import ROOT
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +27,7 @@ def _databases() -> set[str]:
 @pytest.mark.timeout(330)
 def test_bench_queue_quick_writes_its_numbers(tmp_path):
     _databases()
-    out = tmp_path / "queue.json"
-    proc = subprocess.run([sys.executable, "scripts/bench.py", "queue", "--quick",
-                           "--database-url", PG_ADMIN_URL, "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    _, res = run_bench(tmp_path, "queue", "--database-url", PG_ADMIN_URL, timeout=300)
     assert res["config"]["workers"] == 4 and res["config"]["jobs"] == 200
     assert res["duplicates"] == 0, res
     assert res["claimed_twice"] == 0 and res["attempts_not_1"] == 0, res

@@ -1,24 +1,16 @@
 """scripts/bench.py api --quick runs end to end: calibration, direct path, a real server."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(330)
 def test_bench_api_quick_writes_its_numbers(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "scripts/bench.py", "api", "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    _, res = run_bench(tmp_path, "api", timeout=300)
     assert res["jobs"] == 1 and len(res["direct_s"]) == len(res["http_s"]) == 1
     for key in ("direct_mean_s", "direct_min_s", "http_mean_s", "http_min_s", "overhead_ratio",
                 "poll_p50_ms", "poll_p99_ms", "poll_max_ms"):

@@ -2,23 +2,16 @@
 compiled artefacts in the data dir, and starts again from them much faster."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_compiled_start_uses_its_cache_and_first_video_pays_no_compile(tmp_path):
-    out = tmp_path / "startup.json"
-    run = subprocess.run([sys.executable, "scripts/bench.py", "startup", "--quick", "--json", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    runs = json.loads(out.read_text())["runs"]
+    run, res = run_bench(tmp_path, "startup", timeout=900)
+    runs = res["runs"]
     eager, cold, warm = runs["eager"], runs["compiled, empty cache"], runs["compiled, warm cache"]
     assert eager["cache_files"] == 0
     assert cold["cache_files"] > 0 and warm["cache_files"] == cold["cache_files"]

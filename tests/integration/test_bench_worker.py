@@ -3,23 +3,18 @@ number."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_worker_quick(tmp_path):
-    out = tmp_path / "worker.json"
-    run = subprocess.run([sys.executable, "scripts/bench.py", "worker", "--quick", "--json",
-                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    run, res = run_bench(tmp_path, "worker", timeout=120)
     line = json.loads(run.stdout.strip().splitlines()[-1])      # the one JSON line
-    assert line == json.loads(out.read_text())
+    assert line == res
     runs = line["runs"]
     assert set(runs) >= {"overlap off", "overlap on", "batch 1", "batch 2"}
     for run_ in runs.values():
