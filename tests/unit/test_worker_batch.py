@@ -104,16 +104,22 @@ def test_incompatible_jobs_are_not_batched(tmp_path, store):
     assert store.count(JobState.SUCCEEDED) == 7
 
 
+def run_in_background(worker, store, running: Job) -> threading.Thread:
+    """Start worker.run_once on a thread; return once `running` has made progress."""
+    runner = threading.Thread(target=worker.run_once)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not store.get(running.id).progress:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return runner
+
+
 def test_cancelling_one_job_of_a_batch_leaves_the_others(tmp_path, store):
     gen = FakeGenerator(step_delay=0.03)
     worker = make_worker(tmp_path, store, gen)
     jobs = [add(store, seed=i, created=T0 + i, steps=20) for i in range(3)]
-    runner = threading.Thread(target=worker.run_once)
-    runner.start()
-    deadline = time.monotonic() + 10
-    while not store.get(jobs[1].id).progress:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    runner = run_in_background(worker, store, jobs[1])
     assert store.cancel(jobs[1].id, "o", time.time(), time.time() + 60) == "requested"
     runner.join(10)
     assert worker.wait_finished(10)
@@ -127,10 +133,7 @@ def test_cancelling_every_job_of_a_batch_stops_the_generation(tmp_path, store):
     worker = make_worker(tmp_path, store, gen)
     jobs = [add(store, seed=i, created=T0 + i, steps=300) for i in range(2)]   # ~9 s
     t = time.monotonic()
-    runner = threading.Thread(target=worker.run_once)
-    runner.start()
-    while not store.get(jobs[1].id).progress:
-        time.sleep(0.01)
+    runner = run_in_background(worker, store, jobs[1])
     for j in jobs:
         store.cancel(j.id, "o", time.time(), time.time() + 60)
     runner.join(10)
@@ -142,9 +145,7 @@ def test_stopping_hands_every_job_of_a_batch_back(tmp_path, store):
     gen = FakeGenerator(step_delay=0.03)
     worker = make_worker(tmp_path, store, gen)
     jobs = [add(store, seed=i, created=T0 + i, steps=300) for i in range(3)]
-    runner = threading.Thread(target=worker.run_once)
-    runner.start()
-    time.sleep(0.3)
+    runner = run_in_background(worker, store, jobs[0])
     worker.stop()
     runner.join(10)
     for j in jobs:
