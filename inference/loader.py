@@ -133,8 +133,12 @@ def load_generator(choice: ModelChoice, num_frames: int | None = None, steps: in
                            default_frames=TINY_DEFAULT_FRAMES, default_steps=TINY_DEFAULT_STEPS,
                            speed=speed)
     elif choice.kind == "svd-xt-random":
+        import torch
+
         from inference.random_arch import build_svd_xt_random
-        pipe = build_svd_xt_random(choice.device)
+        # fp16 on a GPU, as the real checkpoint; a CPU has no fp16 kernels for all of it.
+        pipe = build_svd_xt_random(choice.device, torch.float16 if choice.device == "cuda"
+                                   else torch.float32)
         gen = SvdGenerator(pipe, choice.device, f"SVD-XT architecture, RANDOM weights ({choice.device})",
                            default_frames=SVD_XT_FRAMES, default_steps=SVD_XT_STEPS, speed=speed)
     else:
