@@ -22,7 +22,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from inference.base import CONDITIONING_FPS, MIN_GUIDANCE_SCALE, GenerationRequest, StepCallback
 
-# unet(sample, t, encoder_hidden_states, added_time_ids, step, total_steps) -> noise prediction
+# unet(sample, t, encoder_hidden_states, added_time_ids, step, total_steps, branch=0)
+#   -> noise prediction. `branch` tells the calls of one step apart when the guidance halves
+#   run one after the other (0 unconditional, 1 conditional): a step cache keeps one state each.
 UNetCall = Callable[..., torch.Tensor]
 
 
@@ -118,8 +120,8 @@ def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
         if cfg and options.cfg_sequential:
             n = len(requests)
             noise_pred = torch.cat([
-                unet(model_input[:n], t, embeddings[:n], time_ids[:n], i, steps),
-                unet(model_input[n:], t, embeddings[n:], time_ids[n:], i, steps)])
+                unet(model_input[:n], t, embeddings[:n], time_ids[:n], i, steps, branch=0),
+                unet(model_input[n:], t, embeddings[n:], time_ids[n:], i, steps, branch=1)])
         else:
             noise_pred = unet(model_input, t, embeddings, time_ids, i, steps)
         if cfg:
@@ -143,7 +145,7 @@ def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
 
 
 def _plain_unet(model) -> UNetCall:
-    def call(sample, t, encoder_hidden_states, added_time_ids, step, total_steps):
+    def call(sample, t, encoder_hidden_states, added_time_ids, step, total_steps, branch=0):
         return model(sample, t, encoder_hidden_states=encoder_hidden_states,
                      added_time_ids=added_time_ids, return_dict=False)[0]
     return call

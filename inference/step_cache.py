@@ -209,14 +209,22 @@ def _check_cacheable(unet) -> None:
 
 class StepCache:
     """Wraps a UNetSpatioTemporalConditionModel; call like
-    `unet(sample, timestep, encoder_hidden_states, added_time_ids)` plus `step` and
-    `total_steps`, and get the output tensor (no return_dict).
+    `unet(sample, timestep, encoder_hidden_states, added_time_ids)` plus `step`, `total_steps`
+    and, where one step calls the UNet more than once, `branch`, and get the output tensor
+    (no return_dict).
 
     A step runs the full UNet when the interval is 1, nothing is cached yet, the input's shape,
     dtype or device differs from the cached step's, `step % interval == 0`, or it is the last
     step (`step == total_steps - 1`); otherwise it runs the shallow path on the deep features of
-    the last full step. `full_steps` and `cached_steps` count both kinds since the last reset().
-    The cache is not keyed on the conditioning: call `reset()` before every new video or batch.
+    the last full step.
+
+    Each `branch` keeps its own deep features: when the two halves of classifier-free guidance
+    run one after the other (branch 0 unconditional, branch 1 conditional), a cached step of
+    one half must reuse that half's features, never the other's. Both halves take the same
+    full/cached decision, so the two orders agree with the batched halves to float rounding.
+    `full_steps` and `cached_steps` count denoising steps since the last reset() (branch 0's
+    calls), whatever the number of branches. The cache is not keyed on the conditioning: call
+    `reset()` before every new video or batch.
     """
 
     def __init__(self, unet: nn.Module, interval: int):
@@ -231,24 +239,24 @@ class StepCache:
 
     def reset(self) -> None:
         """Forget the cached features and zero the counters; the next step is full."""
-        self._deep: torch.Tensor | None = None
-        self._key: tuple | None = None
+        self._deep: dict[int, torch.Tensor] = {}
+        self._key: dict[int, tuple] = {}
         self.full_steps = 0
         self.cached_steps = 0
 
-    def is_full_step(self, step: int, total_steps: int, sample: torch.Tensor | None = None
-                     ) -> bool:
-        """Whether __call__ would run the full UNet for this step (and sample)."""
-        if self.interval == 1 or self._deep is None:
+    def is_full_step(self, step: int, total_steps: int, sample: torch.Tensor | None = None,
+                     branch: int = 0) -> bool:
+        """Whether __call__ would run the full UNet for this step (and sample, and branch)."""
+        if self.interval == 1 or branch not in self._deep:
             return True
-        if sample is not None and self._key != _key(sample):
+        if sample is not None and self._key[branch] != _key(sample):
             return True
         return step % self.interval == 0 or step >= total_steps - 1
 
     def __call__(self, sample, timestep, encoder_hidden_states, added_time_ids, step: int,
-                 total_steps: int) -> torch.Tensor:
+                 total_steps: int, branch: int = 0) -> torch.Tensor:
         if self.interval == 1:
-            self.full_steps += 1
+            self._count(branch, full=True)
             return self.unet(sample, timestep, encoder_hidden_states, added_time_ids,
                              return_dict=False)[0]
 
@@ -264,19 +272,26 @@ class StepCache:
                 grad = torch.no_grad()
 
         with grad:
-            if self.is_full_step(step, total_steps, sample):
-                out, self._deep = unet_forward_split(base, sample, timestep,
-                                                     encoder_hidden_states, added_time_ids)
-                self._key = _key(sample)
-                self.full_steps += 1
+            if self.is_full_step(step, total_steps, sample, branch):
+                out, self._deep[branch] = unet_forward_split(base, sample, timestep,
+                                                             encoder_hidden_states, added_time_ids)
+                self._key[branch] = _key(sample)
+                self._count(branch, full=True)
             else:
-                out = unet_forward_shallow(base, self._deep, sample, timestep,
+                out = unet_forward_shallow(base, self._deep[branch], sample, timestep,
                                            encoder_hidden_states, added_time_ids)
-                self.cached_steps += 1
+                self._count(branch, full=False)
 
         if hook is not None:
             out = hook.post_forward(base, out)
         return out
+
+    def _count(self, branch: int, full: bool) -> None:
+        if branch == 0:
+            if full:
+                self.full_steps += 1
+            else:
+                self.cached_steps += 1
 
 
 def _key(sample: torch.Tensor) -> tuple:
