@@ -4,7 +4,9 @@
   share their compiled code, so compiling takes a fraction of compiling the whole UNet, and
   the step cache (which calls blocks directly) runs compiled too. Artefacts go to a cache
   directory in the data dir, so a restart loads them instead of compiling again.
-- fp8: the UNet's linear layers as FP8 matmuls (torchao, Hopper/Ada GPUs only).
+- fp8: the UNet's large linear layers as FP8 matmuls (torchao, Hopper/Ada GPUs only), with
+  per-tensor scales: the model runs in fp16, and torchao's per-row scaling takes bf16 weights
+  only.
 - feed-forward chunking: the transformer blocks' feed-forward in a few slices, for memory.
 - step cache: see inference/step_cache.py.
 """
@@ -37,6 +39,9 @@ class SpeedOptions:
     step_cache: int = 1            # 1: every step runs the whole UNet
     fp8: bool = False
     cache_dir: Path | None = None  # torch.compile's artefacts
+    # inductor generates the kernels; "eager" captures the same graphs without generating
+    # code, which is how the tests reach the compiled paths on a CPU in seconds.
+    compile_backend: str = "inductor"
 
     @property
     def compiled(self) -> bool:
@@ -79,7 +84,7 @@ def unet_blocks(unet) -> list[nn.Module]:
     return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
 
 
-def compile_unet(unet, mode: str, cache_dir: Path | None) -> None:
+def compile_unet(unet, mode: str, cache_dir: Path | None, backend: str = "inductor") -> None:
     """Compile every block of the UNet in place (module.compile); shapes are static."""
     if cache_dir is not None:
         # Read by inductor each time it looks for an artefact; set before the first compile.
@@ -89,23 +94,31 @@ def compile_unet(unet, mode: str, cache_dir: Path | None) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                RECOMPILE_LIMIT)
     for block in unet_blocks(unet):
-        block.compile(mode=COMPILE_MODES[mode], dynamic=False)
+        if backend == "inductor":
+            block.compile(mode=COMPILE_MODES[mode], dynamic=False)
+        else:
+            block.compile(backend=backend, dynamic=False)
+
+
+def fp8_eligible(module: nn.Module, name: str = "") -> bool:
+    """FP8 GEMMs need dimensions divisible by 16; tiny projections gain nothing."""
+    return (isinstance(module, nn.Linear) and module.in_features % 16 == 0
+            and module.out_features % 16 == 0 and module.in_features >= 512)
 
 
 def apply_fp8(unet) -> int:
-    """Swap the UNet's large linear layers for FP8 (dynamic activation, per-row weight
-    scales). Returns how many were converted."""
-    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, PerRow,
+    """Swap the UNet's large linear layers for FP8 matmuls (dynamic activation scales, one
+    scale per tensor for activations and weights). Returns how many were converted.
+
+    Per-tensor, not per-row: torchao's per-row recipe asserts bfloat16 weights, and the
+    pipeline runs in float16 (converting the FP8 layers to bf16 would put a dtype boundary
+    around every one of them)."""
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, PerTensor,
                                       quantize_)
 
-    def eligible(module: nn.Module, name: str) -> bool:
-        # FP8 GEMMs need dimensions divisible by 16; tiny projections gain nothing.
-        return (isinstance(module, nn.Linear) and module.in_features % 16 == 0
-                and module.out_features % 16 == 0 and module.in_features >= 512)
-
-    count = sum(1 for name, m in unet.named_modules() if eligible(m, name))
-    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-              filter_fn=eligible)
+    count = sum(1 for name, m in unet.named_modules() if fp8_eligible(m, name))
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor()),
+              filter_fn=fp8_eligible)
     return count
 
 
