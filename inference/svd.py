@@ -10,6 +10,7 @@ same conditioning, same seeding. Conditioning follows the reference sampler:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -18,14 +19,32 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers.utils import logging as hf_logging
 
-# Without torchvision, transformers falls back to the PIL image processor (the one SVD was
-# made with) and warns about it on import; the fallback is what we want, the warning is noise.
-_verbosity = hf_logging.get_verbosity()
-hf_logging.set_verbosity_error()
-from diffusers import StableVideoDiffusionPipeline  # noqa: E402
-hf_logging.set_verbosity(_verbosity)
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Only errors from these loggers for a while."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [one.level for one in loggers]
+    for one in loggers:
+        one.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for one, level in zip(loggers, levels):
+            one.setLevel(level)
+
+
+# Import-time notices that are noise here: without torchvision, transformers falls back to the
+# PIL image processor (the one SVD was made with) and says so; where torchao is installed,
+# diffusers imports it, which reports each kernel library built for another device or Python.
+with _quiet("torchao", "torch.utils._pytree"):
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as hf_logging
+    # Both libraries set their root logger's level when it is first used: use it first.
+    hf_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    with _quiet("transformers", "diffusers"):
+        from diffusers import StableVideoDiffusionPipeline
 
 
 class _DropFp32CastNotice(logging.Filter):
@@ -62,15 +81,31 @@ WARMUP_STEPS = 3
 #             cards of about 8 GiB
 PROFILES = ("full", "balanced", "low")
 DECODE_CHUNKS = {"full": DEFAULT_DECODE_CHUNK, "balanced": 4, "low": 2}
-# Free GPU memory (GiB) from which `auto` picks a profile (measured peaks, plus headroom).
+# GPU memory (GiB) from which `auto` picks a profile: each profile's measured peak (the
+# weights included), plus headroom. Compared with what the card has free for the model, that
+# is its free memory with this pipeline's own weights counted as free.
 AUTO_THRESHOLDS = (("full", 18.0), ("balanced", 12.0))
 
 
-def auto_profile(free_gib: float) -> str:
+def auto_profile(free_bytes: int, weight_bytes: int = 0) -> str:
+    """The fastest profile that fits: `free_bytes` free on the card while `weight_bytes` of the
+    pipeline's own weights are on it (they are part of each profile's peak)."""
+    available = (free_bytes + weight_bytes) / 2**30
     for profile, needed in AUTO_THRESHOLDS:
-        if free_gib >= needed:
+        if available >= needed:
             return profile
     return "low"
+
+
+def resident_bytes(pipe, device_type: str = "cuda") -> int:
+    """Bytes of the pipeline's weights and buffers that are on a `device_type` device."""
+    total = 0
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in [*component.parameters(), *component.buffers()]:
+                if tensor.device.type == device_type:
+                    total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def batch_key(request: GenerationRequest, frames: int, steps: int) -> tuple:
@@ -100,25 +135,36 @@ class SvdGenerator:
         if speed.fp8:
             log.info("FP8 matmuls in %d linear layers of the UNet", apply_fp8(unet))
         if speed.compiled:
-            compile_unet(unet, speed.compile, speed.cache_dir)
+            compile_unet(unet, speed.compile, speed.cache_dir, speed.compile_backend)
         if speed.step_cache > 1:
             from inference.step_cache import StepCache
             self.step_cache = StepCache(unet, speed.step_cache)
 
     def set_profile(self, profile: str) -> None:
-        """Switch memory profile (see PROFILES); `auto` picks from the free GPU memory."""
+        """Switch memory profile (see PROFILES); `auto` picks from the GPU memory the model
+        may use. Only leaving `low` loads more onto the card (the whole pipeline, which model
+        offload kept on the CPU); if that runs out of memory, the generator stays usable in
+        `low` and the error is raised."""
+        cuda = self.device.startswith("cuda")
         if profile == "auto":
-            free = torch.cuda.mem_get_info()[0] / 2**30 if self.device.startswith("cuda") else 1e9
-            profile = auto_profile(free)
+            profile = (auto_profile(torch.cuda.mem_get_info(self.device)[0],
+                                    resident_bytes(self.pipe)) if cuda else "full")
         if profile not in PROFILES:
             raise ValueError(f"unknown memory profile {profile!r}; use auto or one of {PROFILES}")
-        if self.profile == "low" and self.device.startswith("cuda"):
-            self.pipe.remove_all_hooks()
-            self.pipe.to(self.device)
+        if cuda and profile == "low" and self.profile != "low":
+            # Moves every model to the CPU first; each goes to the GPU while it runs.
+            self.pipe.enable_model_cpu_offload(device=self.device)
+        elif cuda and self.profile == "low" and profile != "low":
+            try:
+                self.pipe.remove_all_hooks()
+                self.pipe.to(self.device)
+            except torch.OutOfMemoryError:
+                # Half moved and without hooks: offload again, which moves it all back.
+                self.pipe.enable_model_cpu_offload(device=self.device)
+                self._free_memory()
+                raise
         self.decode_chunk_size = DECODE_CHUNKS[profile]
         set_feed_forward_chunking(self.pipe.unet, profile != "full")
-        if profile == "low" and self.device.startswith("cuda"):
-            self.pipe.enable_model_cpu_offload(device=self.device)
         self.profile = profile
 
     def batch_key(self, request: GenerationRequest) -> tuple:
@@ -134,17 +180,24 @@ class SvdGenerator:
         """One video per request, in one batch; the requests must share batch_key."""
         if len({self.batch_key(r) for r in requests}) != 1:
             raise ValueError("requests of one batch must share size, frames, steps and guidance")
-        # After an out-of-memory error: a leaner profile for this one call, then back.
+        # After an out-of-memory error: a leaner profile for this one call, then back. The
+        # ladder only descends: level 1 is at least `balanced`, level 2 `low`, and a profile
+        # already leaner than that stays.
         before = self.profile
-        if low_memory:
-            self._free_memory()
-            self.set_profile("low" if low_memory >= 2 else "balanced")
+        target = PROFILES[max(PROFILES.index(before), min(low_memory, len(PROFILES) - 1))]
         try:
+            if target != before:
+                self._free_memory()
+                self.set_profile(target)
             return self._sample(requests, on_step)
         finally:
-            if low_memory:
-                self.set_profile(before)
+            if self.profile != before:
                 self._free_memory()
+                try:
+                    self.set_profile(before)
+                except torch.OutOfMemoryError:
+                    log.warning("could not return to the %s memory profile (out of memory); "
+                                "staying in %s", before, self.profile)
 
     def warm_up(self, sizes: list[tuple[int, int]], frames: int | None = None,
                 max_batch: int = 1) -> None:
