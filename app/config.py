@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # Speed (docs/performance.md). `fast` trades measured quality for speed: fewer default
     # steps, step caching and, on Hopper with torchao, FP8 matmuls.
     mode: Literal["quality", "fast"] = "quality"
-    compile: Literal["off", "on", "max"] = "off"   # torch.compile the UNet (max: CUDA graphs)
+    compile: Literal["off", "on", "max"] = "off"   # torch.compile (max: autotuned, no CUDA graphs)
     warmup: Literal["auto", "on", "off"] = "auto"  # auto: warm up at start when compiling
     # Step caching: reuse the UNet's deep features for N-1 of every N steps; None: the
     # mode's choice (quality: off, fast: 3).
