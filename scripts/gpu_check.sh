@@ -12,13 +12,19 @@
 #         empty cache, compiled with a warm cache (time to ready, first video).
 #   tests the GPU tests (tests/gpu): every mode against eager fp16 within its tolerance.
 # Each part stays under 10 minutes; JSON results go to $OUT (default: the current directory).
+#
+# Where the GPU machine lacks packages (no network there), first run, where PyPI is reachable,
+#   scripts/gpu_wheels.sh [PYTHON_VERSION] [TORCH_VERSION]    (default 3.12 2.11.0)
+# and carry .whl/ along with the repo: this script installs it into /tmp/site.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part="${1:-gpu}"
+# The repo root on the path: app and inference import from any process the checks start.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD"
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 nvidia-smi -L
 # Fewer reserved-but-unused blocks: what lets the low profile fit a small card.
