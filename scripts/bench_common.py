@@ -61,6 +61,8 @@ def server_process(size: str, frames: int, steps: int, keys: int = 1,
     random API keys and `env` added to its environment; stop it afterwards. `data_dir`:
     keep the data there (default: a temporary directory)."""
     import httpx
+
+    from app.child_process import popen_kwargs
     with socket.socket() as sock:                      # a free port
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -74,7 +76,8 @@ def server_process(size: str, frames: int, steps: int, keys: int = 1,
         full_env.update(env or {})
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                    env=full_env, stdout=log, stderr=subprocess.STDOUT)
+                                    env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                    **popen_kwargs())
         server = Server(f"http://127.0.0.1:{port}", api_keys, proc, data, log_path)
         try:
             deadline = time.monotonic() + ready_timeout_s

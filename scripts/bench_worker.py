@@ -68,7 +68,7 @@ def run_case(gen, args, overlap: bool, max_batch: int, root: Path) -> dict:
     from app.jobs.sql import SqlJobStore, make_engine
     from app.jobs.worker import Worker, WorkerConfig
     from app.storage import FileResultStore
-    from bench_gpu import GpuBusy
+    from bench_gpu_measure import GpuBusy
 
     root.mkdir(parents=True)
     engine = make_engine(f"sqlite:///{root / 'jobs.db'}")

@@ -16,6 +16,8 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
+from app.child_process import popen_kwargs
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -132,7 +134,8 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     **popen_kwargs())
         deadline = time.time() + timeout
         path = "/readyz" if wait_ready else "/healthz"
         while time.time() < deadline:
@@ -179,6 +182,6 @@ def run_bench(tmp_path: Path, command: str, *args: str, timeout: float = 300):
     out = tmp_path / f"{command}.json"
     proc = subprocess.run([sys.executable, "scripts/bench.py", command, "--quick", *args,
                            "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, **popen_kwargs())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text())

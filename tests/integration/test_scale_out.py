@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.child_process import popen_kwargs
 from app.jobs import migrate
 from app.jobs.sql import make_engine
 from tests.helpers import ROOT, ServerProcess, inspect_mp4, png_bytes
@@ -44,7 +45,7 @@ def test_two_apis_three_workers_one_killed(tmp_path, postgres_url):
                 [sys.executable, "-m", "app.cli", "worker"], cwd=ROOT,
                 env={**os.environ, **env, "SVD_WORKER_NAME": name,
                      "SVD_DATA_DIR": str(tmp_path / f"w{i}"), "PYTHONUNBUFFERED": "1"},
-                stdout=open(logs[name], "wb"), stderr=subprocess.STDOUT)
+                stdout=open(logs[name], "wb"), stderr=subprocess.STDOUT, **popen_kwargs())
         ids = []
         for n in range(JOBS):
             r = httpx.post(apis[n % 2].url + "/v2beta/image-to-video", headers=HEADERS,
@@ -119,7 +120,7 @@ def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(t
     log = tmp_path / "supervisor.log"
     sup = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", "0,1",
                             "--metrics-port", str(port)], cwd=ROOT, env=env,
-                           stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+                           stdout=open(log, "wb"), stderr=subprocess.STDOUT, **popen_kwargs())
     try:
         def metrics(p):
             try:
