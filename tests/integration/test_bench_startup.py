@@ -9,6 +9,9 @@ from tests.helpers import run_bench
 pytestmark = pytest.mark.slow
 
 
+# A cold compile of the tiny model on a 2-core CPU takes 150 to 270 s before the first start
+# is ready; the whole benchmark (three starts) needs more than the suite's 300 s default.
+@pytest.mark.timeout(600)
 def test_compiled_start_uses_its_cache_and_first_video_pays_no_compile(tmp_path):
     run, res = run_bench(tmp_path, "startup", timeout=900)
     runs = res["runs"]
