@@ -30,6 +30,10 @@ def draining_server(config, runtime, grace_s: float):
     return _Server(config)
 
 
+# Settings whose values are never echoed back, not even in an error.
+SECRET_SETTINGS = {"SVD_API_KEYS", "SVD_WEBHOOK_SECRET", "SVD_DATABASE_URL"}
+
+
 def load_settings(**overrides):
     """Settings from the environment, or None after saying clearly what is wrong."""
     from pydantic import ValidationError
@@ -40,7 +44,8 @@ def load_settings(**overrides):
     except ValidationError as exc:
         for e in exc.errors():
             name = "SVD_" + "_".join(str(p) for p in e["loc"]).upper()
-            print(f"error: {name}: {e['msg']} (got {e.get('input')!r})", file=sys.stderr)
+            got = "" if name in SECRET_SETTINGS else f" (got {e.get('input')!r})"
+            print(f"error: {name}: {e['msg']}{got}", file=sys.stderr)
         return None
 
 

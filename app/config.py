@@ -106,7 +106,14 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, v):
         if isinstance(v, str):
-            return tuple(k.strip() for k in v.split(",") if k.strip())
+            v = tuple(k.strip() for k in v.split(",") if k.strip())
+        # HTTP headers arrive as latin-1 and keys are hashed as UTF-8: a non-ASCII key could
+        # never authenticate, so it is refused here rather than silently useless.
+        bad = [i + 1 for i, key in enumerate(v) if not key.isascii() or not key.isprintable()]
+        if bad:
+            raise ValueError(f"key number {', '.join(map(str, bad))} has characters other than "
+                             "printable ASCII, so it could never authenticate; use letters, "
+                             "digits and punctuation")
         return v
 
     @field_validator("allowed_sizes", mode="before")

@@ -35,8 +35,10 @@ def sign(secret: bytes, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def verify(secret: bytes, header: str, body: bytes, tolerance_s: int = 300) -> bool:
+def verify(secret: bytes, header: str | None, body: bytes, tolerance_s: int = 300) -> bool:
     """What a receiver runs: the documented check, in Python."""
+    if not isinstance(header, str):           # a missing header
+        return False
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
         timestamp = int(parts["t"])

@@ -20,8 +20,9 @@ from app.webhooks import host_allowed
 from inference.base import FORMATS
 from inference.images import ImageError, decode_rgb, probe
 
-_INT_RE = re.compile(r"^\s*\+?\d{1,12}\s*$")
-_FLOAT_RE = re.compile(r"^\s*[+-]?(\d{1,12}(\.\d{0,12})?|\.\d{1,12})([eE][+-]?\d{1,3})?\s*$")
+# ASCII digits and spaces only, as the hosted API: Python's \d and int() also take "١٢".
+_INT_RE = re.compile(r"^\s*\+?\d{1,12}\s*$", re.ASCII)
+_FLOAT_RE = re.compile(r"^\s*[+-]?(\d{1,12}(\.\d{0,12})?|\.\d{1,12})([eE][+-]?\d{1,3})?\s*$", re.ASCII)
 MAX_FIELDS = 64          # unknown fields are ignored, but not without bound
 MAX_FRAMES, MAX_STEPS = 128, 200
 MAX_FIELD_BYTES = 64 * 1024

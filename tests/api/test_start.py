@@ -93,6 +93,9 @@ def test_defaults_and_random_seed(client, server):
     ("cfg_scale", "-0.1"), ("cfg_scale", ""), ("cfg_scale", "1,8"),
     ("motion_bucket_id", "0"), ("motion_bucket_id", "256"), ("motion_bucket_id", "127.0"),
     ("motion_bucket_id", " "),
+    # ASCII digits only, as the hosted API: int() and float() also take these.
+    ("seed", "\u0661\u0662"), ("seed", "\uff11\uff12"), ("motion_bucket_id", "\u0661\u0662\u0667"),
+    ("cfg_scale", "\u0662.\u0665"), ("seed", "\u00a012"),
 ])
 def test_bad_numbers_are_400_and_queue_nothing(client, server, field, value):
     r = start(client, data={field: value})

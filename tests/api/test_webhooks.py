@@ -67,6 +67,8 @@ def test_signed_event_retried_until_delivered(tmp_path, receiver):
         assert verify(secret.encode(), headers["svd-signature"], body)
         assert not verify(b"another-secret", headers["svd-signature"], body)
         assert not verify(secret.encode(), headers["svd-signature"], body + b" ")
+        for missing_or_malformed in (None, "", "t", "t=x,v1=", "v1=abc", b"t=1"):
+            assert verify(secret.encode(), missing_or_malformed, body) is False
         event = json.loads(body)
         assert event == {"type": "generation.succeeded", "id": job_id, "status": "succeeded",
                          "finish_reason": "SUCCESS", "seed": 9}

@@ -37,6 +37,21 @@ def test_environment_names(monkeypatch):
     assert s.resolved_database_url == "postgresql://h/db" and s.job_timeout_s == 60
 
 
+@pytest.mark.parametrize("keys", ["caf\u00e9-key", "good,\u043a\u043b\u044e\u0447", "tab\there"])
+def test_keys_that_could_never_authenticate_are_refused_at_start(keys):
+    """Headers arrive as latin-1, keys are hashed as UTF-8: a non-ASCII key never matches."""
+    with pytest.raises(ValidationError, match="printable ASCII"):
+        Settings(api_keys=keys)
+
+
+def test_a_refused_key_is_not_echoed(capsys):
+    from app.cli import load_settings
+    assert load_settings(api_keys="fine-key,s\u00e9cret-key") is None
+    err = capsys.readouterr().err
+    assert "SVD_API_KEYS" in err and "key number 2" in err
+    assert "cret-key" not in err and "fine-key" not in err
+
+
 @pytest.mark.parametrize("sizes", ["", "64", "64x", "63x64", "0x64", "axb"])
 def test_bad_sizes_are_refused(sizes):
     with pytest.raises(ValidationError):
