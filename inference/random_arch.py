@@ -13,14 +13,12 @@ a fixed seed, so the same device gives the same weights in every run.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from diffusers import (AutoencoderKLTemporalDecoder, StableVideoDiffusionPipeline,
                        UNetSpatioTemporalConditionModel)
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from inference.tiny import WEIGHTS_SEED, feature_extractor, scheduler
+from inference.tiny import WEIGHTS_SEED, feature_extractor, scheduler, seeded_weights
 
 ARCHS = ("svd-xt", "svd-xt-narrow")
 
@@ -36,10 +34,10 @@ def _components(arch: str):
             patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"))
         return unet, vae, encoder
     if arch == "svd-xt-narrow":
-        # SVD-XT's UNet config but for the channels: (320, 640, 1280, 1280) / 2 (GroupNorm takes
-        # 32 groups, the heads (5, 10, 20, 20) are kept), so head widths are 32; cross-attention
-        # stays 1024 wide, so the
-        # attention's key/value projections and the deepest feed-forwards are FP8-eligible.
+        # SVD-XT's UNet config but for the channels, (160, 160, 320, 320) for (320, 640, 1280,
+        # 1280): GroupNorm's 32 groups and the heads (5, 10, 20, 20), kept, allow no narrower.
+        # Cross-attention stays 1024 wide, so the attention's key/value projections and the
+        # deepest feed-forwards are FP8-eligible.
         unet = UNetSpatioTemporalConditionModel(
             sample_size=96, num_frames=25, block_out_channels=(160, 160, 320, 320))
         vae = AutoencoderKLTemporalDecoder(
@@ -52,24 +50,11 @@ def _components(arch: str):
     raise ValueError(f"unknown architecture {arch!r}; one of {ARCHS}")
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
 def build_random_pipeline(arch: str = "svd-xt", device: str = "cuda",
                           dtype: torch.dtype = torch.float16,
                           seed: int = WEIGHTS_SEED) -> StableVideoDiffusionPipeline:
     """The pipeline of `arch` with seeded random weights, created in `dtype` on `device`."""
-    device = torch.device(device)
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), torch.device(device), _default_dtype(dtype):
-        torch.manual_seed(seed)
+    with seeded_weights(device, dtype, seed):
         unet, vae, encoder = _components(arch)
     pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=encoder, unet=unet,
                                         scheduler=scheduler(), feature_extractor=feature_extractor())

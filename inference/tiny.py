@@ -7,6 +7,8 @@ be SVD-XT (see `inference.loader`).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
                        StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel)
@@ -39,11 +41,29 @@ def feature_extractor() -> CLIPImageProcessor:
         image_std=[0.26862954, 0.26130258, 0.27577711])
 
 
+@contextlib.contextmanager
+def seeded_weights(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                   seed: int = WEIGHTS_SEED):
+    """Modules constructed inside are created on `device` in `dtype` from `seed`: the same
+    weights every time on that device, and the caller's random state left as it was."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        rng_devices = [device.index or 0]
+    else:
+        rng_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    before = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=rng_devices), torch.device(device):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(before)
+
+
 def build_tiny_pipeline() -> StableVideoDiffusionPipeline:
     """The tiny pipeline on the CPU in float32, with the same weights every time."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(WEIGHTS_SEED)
+    with seeded_weights():
         unet = UNetSpatioTemporalConditionModel(
             block_out_channels=(32, 64), layers_per_block=1, sample_size=32,
             down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
