@@ -51,7 +51,7 @@ RUN pip install '.[gpu,postgres]' \
 RUN groupadd --gid 10001 svd \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin svd \
     && mkdir -p /data /models \
-    && chown svd:svd /data /models
+    && chown svd:svd /data /models && chmod 700 /data
 
 ENV SVD_HOST=0.0.0.0 \
     SVD_PORT=8000 \

@@ -50,8 +50,7 @@ def load_settings(**overrides):
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
+    from app.http_guard import uvicorn_config
     from app.main import create_app
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -66,8 +65,8 @@ def cmd_serve(args) -> int:
     except Exception as exc:            # ModelUnavailable and friends: say what to do, no trace
         logging.getLogger("svd").critical("cannot start: %s", exc)
         return 2
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=15)
+    config = uvicorn_config(app, settings, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=15)
     runtime = app.state.runtime
     server = draining_server(config, runtime, settings.drain_grace_s)
     runtime.request_shutdown = lambda: setattr(server, "should_exit", True)
@@ -102,12 +101,13 @@ def cmd_worker(args) -> int:
 def cmd_db_upgrade(args) -> int:
     from app.jobs import migrate
     from app.jobs.sql import make_engine
+    from app.storage import private_dir
 
     settings = load_settings()
     if settings is None:
         return 2
     _logging(settings.log_level)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     engine = make_engine(settings.resolved_database_url)
     try:
         print(f"database schema at revision {migrate.upgrade(engine)}")

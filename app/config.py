@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     max_queued_per_key: int = Field(20, ge=0)
     drain_grace_s: float = Field(30.0, ge=0)  # SIGTERM: how long the running job may finish
     cors_origins: str = ""                   # comma-separated; empty: no CORS headers at all
+    # Connections (app/http_guard.py): checked before a request reaches the app.
+    max_header_kb: int = Field(64, ge=1, le=1024)   # request line + headers; beyond: 431
+    request_timeout_s: float = Field(60.0, gt=0)    # headers, then the body, must arrive within
+    max_connections: int = Field(1000, ge=1)        # open connections; beyond: 503 + Retry-After
+    max_streams_per_key: int = Field(100, ge=0)     # open event streams per key; 0 = no limit
+    # Inputs and results kept per key until they expire; beyond: 429. 0 = no limit.
+    max_stored_mb_per_key: float = Field(2048.0, ge=0)
     # Webhooks (app/webhooks.py): targets allowed (host or host:port patterns, e.g.
     # "hooks.example.com,*.corp.example"); none by default.
     webhook_allow: str = ""
@@ -188,6 +195,10 @@ class Settings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_stored_bytes_per_key(self) -> int:
+        return int(self.max_stored_mb_per_key * 1024 * 1024)
 
     @property
     def result_ttl_s(self) -> float:

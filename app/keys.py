@@ -8,6 +8,8 @@ import os
 import secrets
 from pathlib import Path
 
+from app.storage import private_dir
+
 log = logging.getLogger(__name__)
 
 KEY_FILE = "api_key"
@@ -21,7 +23,7 @@ def key_hash(key: str) -> str:
 def read_or_create_secret(path: Path, make) -> tuple[str, bool]:
     """The secret in `path`; on first use `make()` writes one there, mode 0600, created
     exclusively (two processes starting at once agree on one). Returns (secret, created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

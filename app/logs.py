@@ -28,6 +28,22 @@ def kv(**fields) -> str:
             value = f"{value:.3f}"
         text = str(value)
         if not _BARE.match(text):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+            text = '"' + escape(text) + '"'
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def escape(text: str) -> str:
+    """Backslash, quote and every character that could forge or colour a log line (C0/C1
+    controls, DEL, NUL, line and paragraph separators, bidi and other format characters)
+    written as escapes; a request path with %0d%0a can then never start a new line."""
+    return "".join(_escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    if c == "\\" or c == '"':
+        return "\\" + c
+    if c.isprintable():
+        return c
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

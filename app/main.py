@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import generation, ops, playground
 from app.api.errors import install_error_handlers
+from app.api.event_hub import EventHub
 from app.api.limits import RateLimiter
 from app.api.middleware import RequestMiddleware
 from app.config import Settings
@@ -27,6 +28,7 @@ from app.keys import KeyRing, load_or_create_key
 from app.logs import kv
 from app.metrics import Metrics
 from app.runtime import Runtime
+from app.storage import private_dir
 from app.stores import open_job_store, open_result_store
 from app.webhooks import WebhookSender, load_secret, resend_webhooks
 
@@ -68,17 +70,21 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(_start, app, settings, runtime, generator_factory)
+        listen = settings.resolved_database_url if settings.uses_postgres else None
+        app.state.event_hub = EventHub(app.state.service, settings.max_streams_per_key, listen)
         housekeeping = asyncio.create_task(_housekeeping(app, settings))
         try:
             yield
         finally:
             runtime.draining = True
             housekeeping.cancel()
+            await app.state.event_hub.close()
             await run_in_threadpool(_stop, app, runtime)
 
     app = FastAPI(title="svd-server: Stable Video Diffusion API", version="v2beta",
                   description="A self-hosted Stability AI image-to-video API.",
-                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  redirect_slashes=False)    # never a Location built from the Host header
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
@@ -118,7 +124,7 @@ def openapi_document(app: FastAPI) -> dict:
 
 
 def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     keys = list(settings.api_keys)
     if not keys:
         keys = [load_or_create_key(settings.data_dir)]
@@ -133,7 +139,7 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
     app.state.store = store
     app.state.results = results
     app.state.service = JobService(store, results, wake, settings.max_queued,
-                                   settings.max_queued_per_key)
+                                   settings.max_queued_per_key, settings.max_stored_bytes_per_key)
 
     now = time.time()
     config = WorkerConfig.from_settings(settings)
@@ -141,7 +147,7 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
         log.warning(kv(event="fault_hook_armed", crash_at=settings.fault_crash_at))
     app.state.webhooks = WebhookSender(
         store, load_secret(settings.webhook_secret, settings.data_dir), metrics,
-        base_delay_s=settings.webhook_retry_base_s).start()
+        allow=settings.webhook_allow_list, base_delay_s=settings.webhook_retry_base_s).start()
     for name in worker_names(settings):
         n = store.requeue_worker(name, settings.max_attempts, now, now + settings.result_ttl_s)
         if n:

@@ -48,6 +48,17 @@ class ResultStore(Protocol):
     def remove_stale_temps(self) -> int: ...
 
 
+def private_dir(path: Path) -> Path:
+    """mkdir -p, readable by this user only (700) for every folder it creates; a folder that
+    already exists keeps the mode its owner gave it."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for p in missing:
+        os.chmod(p, 0o700)
+    return path
+
+
 def remove_dead_temps(folder: Path) -> int:
     """Temp files left by a process that died mid-write (its pid no longer runs)."""
     n = 0
@@ -66,8 +77,7 @@ def remove_dead_temps(folder: Path) -> int:
 
 class FileResultStore:
     def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)
 
     key_for = staticmethod(key_for)
 
@@ -87,6 +97,7 @@ class FileResultStore:
     def commit(self, temp: Path, key: str) -> None:
         """fsync the temp file, then rename it into place: readers see all or nothing."""
         with open(temp, "rb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
             os.fsync(fh.fileno())
         os.replace(temp, self.path(key))
         dir_fd = os.open(self.root, os.O_RDONLY)

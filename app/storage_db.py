@@ -12,14 +12,14 @@ from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.engine import Engine
 
 from app.jobs.sql import results
-from app.storage import check_key, key_for, remove_dead_temps
+from app.storage import check_key, key_for, private_dir, remove_dead_temps
 
 
 class DatabaseResultStore:
     def __init__(self, engine: Engine, temp_dir: Path | None = None):
         self.engine = engine
         self.temp_dir = Path(temp_dir or tempfile.gettempdir()) / "svd-results"
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.temp_dir)
 
     key_for = staticmethod(key_for)
 

@@ -7,7 +7,7 @@ import logging
 from app.config import Settings
 from app.jobs import migrate
 from app.jobs.sql import SqlJobStore
-from app.storage import FileResultStore, ResultStore
+from app.storage import FileResultStore, ResultStore, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def open_job_store(settings: Settings) -> SqlJobStore:
     """SQLite is migrated on the spot (one machine, one owner). PostgreSQL must already be at
     this code's schema: `svd-server db upgrade` once, then start the processes."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     store = SqlJobStore.from_url(settings.resolved_database_url)
     if store.engine.dialect.name == "sqlite":
         log.info("database %s at schema revision %s", store.engine.url.database,

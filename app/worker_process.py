@@ -57,7 +57,8 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
     runtime = Runtime(settings, label, warning)
     runtime.request_shutdown = done.set
     webhooks = WebhookSender(store, load_secret(settings.webhook_secret, settings.data_dir),
-                             metrics, base_delay_s=settings.webhook_retry_base_s).start()
+                             metrics, allow=settings.webhook_allow_list,
+                             base_delay_s=settings.webhook_retry_base_s).start()
     worker = Worker(name, store, results, factory, WorkerConfig.from_settings(settings), wake,
                     runtime.on_fatal, metrics, webhooks.submit)
     runtime.workers.append(worker)

@@ -34,6 +34,21 @@ batches of compatible jobs; see scripts/bench_worker.py.
 
 `startup`: time from launch to ready and the first video's time, eager and compiled (empty
 and warm compile cache); see scripts/bench_startup.py.
+
+    python scripts/bench.py attack [--phase-s 15] [--request-timeout 5] [--mb 64] [--slow 300]
+                                   [--slow-bodies 5] [--interval 0.02] [--quick]
+                                   [--json OUT.json]
+
+`attack`: another client's /healthz and poll latency, and the server's RSS, at rest and while
+an attacker streams huge headers and URLs and holds hundreds of half-sent heads and bodies;
+see scripts/bench_attack.py.
+
+    python scripts/bench.py sse [--streams 500] [--keys 5] [--jobs-per-key 1] [--limit N]
+                                [--over 5] [--duration 15] [--quick] [--json OUT.json]
+
+`sse`: many open event streams on queued jobs: another client's poll latency with none and
+with them open, server CPU, and 429s for streams beyond SVD_MAX_STREAMS_PER_KEY; see
+scripts/bench_sse.py.
 """
 from __future__ import annotations
 
@@ -45,10 +60,12 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]   # run as a file: app, inference, bench_* importable
 
 import bench_api  # noqa: E402
+import bench_attack  # noqa: E402
 from bench_common import BenchError  # noqa: E402
 import bench_load  # noqa: E402
 import bench_gpu  # noqa: E402
 import bench_queue  # noqa: E402
+import bench_sse  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_worker  # noqa: E402
 
@@ -57,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     bench_api.add_parser(sub)
+    bench_attack.add_parser(sub)
     bench_gpu.add_parser(sub)
     bench_load.add_parser(sub)
     bench_queue.add_parser(sub)
+    bench_sse.add_parser(sub)
     bench_startup.add_parser(sub)
     bench_worker.add_parser(sub)
     args = parser.parse_args(argv)

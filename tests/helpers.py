@@ -43,13 +43,16 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """A real uvicorn server for an app, on a free port, in a background thread."""
+    """A real uvicorn server for an app, on a free port, in a background thread, with the
+    connection limits of the app's settings (as `svd-server serve` has them)."""
 
     def __init__(self, app):
+        from app.http_guard import uvicorn_config
         self.port = free_port()
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, app.state.settings, host="127.0.0.1",
+                                                    port=self.port, log_level="warning",
+                                                    lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

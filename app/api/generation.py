@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import require_owner
 from app.api.errors import ApiError
 from app.api.forms import parse_generation
-from app.api.events import event_stream
+from app.api.events import open_stream
 from app.api.schemas import (IMAGE_TO_VIDEO_FORM, AsyncGenerationResponse,
                              VideoGenerationResponse, error_responses)
 from app.jobs.model import JobState
@@ -56,8 +56,8 @@ async def start(request: Request, owner: str = Depends(require_owner)):
     try:
         job = await run_in_threadpool(state.service.submit, owner, params)
     except QueueFull as full:
-        metrics.rejected.labels("queue_full").inc()
-        raise ApiError.rate_limited(QUEUE_FULL_RETRY_S, full.what) from None
+        metrics.rejected.labels(full.reason).inc()
+        raise ApiError.rate_limited(full.retry_after or QUEUE_FULL_RETRY_S, full.what) from None
     client = {h.removeprefix("stability-"): request.headers[h][:256]
               for h in CLIENT_HEADERS if h in request.headers}
     log.info(kv(request_id=request_id.get(), job=job.id, event="queued",
@@ -126,8 +126,7 @@ async def events(id: str, request: Request, owner: str = Depends(require_owner))
         last_seen = int(request.headers.get("last-event-id", "-1"))
     except ValueError:
         last_seen = -1
-    return StreamingResponse(event_stream(request, owner, id, last_seen), media_type="text/event-stream",
-                             headers={"x-accel-buffering": "no"})
+    return open_stream(request, owner, id, last_seen)      # 429 beyond the key's open streams
 
 
 POLL_RESPONSES = {
@@ -149,7 +148,7 @@ for prefix, visible in (("/v2beta/image-to-video", True), ("/v2alpha/generation/
                                      "Last-Event-ID)", response_class=StreamingResponse,
         responses={200: {"description": "events: queued, progress, done, failed, cancelled",
                          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                   **error_responses(401, 404)})
+                   **error_responses(401, 404, 429)})
     router.add_api_route(
         prefix + "/result/{id:path}", cancel, methods=["DELETE"], include_in_schema=visible,
         tags=["Extensions"], summary="Cancel a generation: at once when queued, at the next "

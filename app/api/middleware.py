@@ -1,5 +1,5 @@
 """Every request: an id (x-request-id, echoed), one access log line, metrics, security headers,
-and the x-svd-model header."""
+the x-svd-model header, and one path per resource (a trailing slash is ignored)."""
 from __future__ import annotations
 
 import logging
@@ -31,6 +31,11 @@ class RequestMiddleware:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = [500]
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            # A trailing slash names the same resource. Served in place: a redirect would have
+            # to be built from the client's Host header, which an attacker chooses.
+            scope = dict(scope, path=path.rstrip("/") or "/")
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = new_request_id(incoming)
         token = request_id.set(rid)

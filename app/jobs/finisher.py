@@ -104,7 +104,7 @@ class Finisher:
                 frames = frames * 0            # nothing flagged is ever served
             holder.check_abort(held, stop_too)
             holder.report(held, 0.95)
-            key = self._store_video(held, frames, stop_too)
+            key, size = self._store_video(held, frames, stop_too)
         except Stop:
             holder.stopped(held)
             return
@@ -118,7 +118,7 @@ class Finisher:
         encode_s = time.monotonic() - t0
         outcome = JobState.CONTENT_FILTERED if filtered else JobState.SUCCEEDED
         reason = "CONTENT_FILTERED" if filtered else "SUCCESS"
-        if holder.finish(job, outcome, finish_reason=reason, result_key=key):
+        if holder.finish(job, outcome, finish_reason=reason, result_key=key, result_bytes=size):
             total = time.monotonic() - held.t0
             log.info(kv(job=job.id, event="succeeded", worker=holder.name, total_s=total,
                         generate_s=held.generate_s, encode_s=encode_s, frames=len(frames)))
@@ -132,8 +132,9 @@ class Finisher:
             log.warning(kv(job=job.id, event="result_dropped", worker=holder.name,
                            reason="no longer held"))
 
-    def _store_video(self, held: Held, frames, stop_too: bool) -> str:
-        """Encode to a temp file, make it durable, rename it into place; return its key."""
+    def _store_video(self, held: Held, frames, stop_too: bool) -> tuple[str, int]:
+        """Encode to a temp file, make it durable, rename it into place; return its key and
+        size."""
         job = held.job
         fmt = job.output_format or "mp4"
         key = self.results.key_for(job.id, fmt)
@@ -146,7 +147,8 @@ class Finisher:
             self.holder.report(held, 0.98)     # cancelled while encoding: stop here
             if self.cfg.crash_at == "write":
                 crash_here("write")
+            size = temp.stat().st_size
             self.results.commit(temp, key)
         finally:
             temp.unlink(missing_ok=True)
-        return key
+        return key, size

@@ -55,6 +55,7 @@ class Job:
     error: str | None = None
     finish_reason: str | None = None   # SUCCESS | CONTENT_FILTERED
     result_key: str | None = None      # name of the result in the result store
+    result_bytes: int | None = None    # its size
     step: int | None = None            # denoising steps done, of total_steps
     total_steps: int | None = None
     cancel_requested: bool = False     # a running job stops at its next step

@@ -41,11 +41,14 @@ class JobView:
 
 
 class QueueFull(Exception):
-    """Too many queued jobs, in total or for this key; `what` says which."""
+    """Too many queued jobs, in total or for this key, or too much stored for this key; `what`
+    says which, `retry_after` when trying again makes sense (None: the caller's default)."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, retry_after: float | None = None, reason: str = "queue_full"):
         super().__init__(what)
         self.what = what
+        self.retry_after = retry_after
+        self.reason = reason                      # the svd_requests_rejected_total label
 
 
 def random_seed() -> int:
@@ -54,16 +57,20 @@ def random_seed() -> int:
 
 class JobService:
     def __init__(self, store: JobStore, results: ResultStore, wake: threading.Event | None = None,
-                 max_queued: int = 0, max_queued_per_key: int = 0):
+                 max_queued: int = 0, max_queued_per_key: int = 0, max_stored_per_key: int = 0):
         self.store = store
         self.results = results
         self.wake = wake or threading.Event()     # set on submit: idle workers claim at once
         self.max_queued = max_queued              # 0: no limit
         self.max_queued_per_key = max_queued_per_key
+        self.max_stored_per_key = max_stored_per_key   # bytes; 0: no limit
 
     def submit(self, owner: str, params: GenerationParams) -> Job:
         """Queue a generation. Raises QueueFull instead of letting the queue grow without
-        bound; the store checks the bounds and inserts in one atomic step."""
+        bound; the store checks the bounds and inserts in one atomic step. The storage bound
+        is checked just before: submits racing each other may pass it by their own images."""
+        if self.max_stored_per_key:
+            self._check_storage(owner, len(params.image))
         job = Job(id=new_job_id(), owner=owner, seed=params.seed or random_seed(),
                   cfg_scale=params.cfg_scale, motion_bucket_id=params.motion_bucket_id,
                   width=params.width, height=params.height, created_at=time.time(),
@@ -78,6 +85,17 @@ class JobService:
             raise QueueFull(f"the server's queue is full ({self.max_queued} generations)")
         self.wake.set()
         return job
+
+    def _check_storage(self, owner: str, incoming: int) -> None:
+        now = time.time()
+        stored = self.store.stored(owner, now)
+        if stored.bytes + incoming <= self.max_stored_per_key:
+            return
+        limit_mb = self.max_stored_per_key / (1024 * 1024)
+        wait = stored.first_expiry - now if stored.first_expiry else None
+        raise QueueFull(f"this key keeps {stored.bytes / (1024 * 1024):.0f} MiB of inputs and "
+                        f"results on the server (limit {limit_mb:g} MiB) until they expire",
+                        retry_after=wait, reason="storage_full")
 
     def cancel(self, owner: str, job_id: str, ttl_s: float) -> str | None:
         """See JobStore.cancel; a queued job is cancelled at once, a running one at its next

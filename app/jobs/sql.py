@@ -7,17 +7,19 @@ from __future__ import annotations
 import hashlib
 from contextlib import contextmanager
 
-from sqlalchemy import delete, func, literal, select, text, update
+from sqlalchemy import delete, func, literal, or_, select, text, update
 from sqlalchemy.engine import Engine
 
 from app.jobs.model import FINISHED_STATES, Job, JobState
-from app.jobs.store import CRASHED
+from app.jobs.store import CRASHED, Stored
 # The schema and engine live in app/jobs/tables.py; importable from here as well.
 from app.jobs.tables import jobs, make_engine, metadata, results, sqlalchemy_url  # noqa: F401
 
 _FIELDS = [c.name for c in jobs.columns if c.name != "image"]
 _SUBMIT_LOCK_ID = 0x5FD5E5     # PostgreSQL advisory lock: bounded submits take turns
 NOTIFY_CHANNEL = "svd_jobs"    # PostgreSQL: a new job was queued
+CHANGED_CHANNEL = "svd_job_changed"   # PostgreSQL: a job's state or progress changed (its id)
+_MANY_CHUNK = 500              # ids per IN (...): well under SQLite's bound on parameters
 
 
 def _same(column, value):
@@ -78,6 +80,15 @@ class SqlJobStore:
         if c.dialect.name == "postgresql":
             c.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
+    @staticmethod
+    def _changed(c, *job_ids: str) -> None:
+        """Tell event streams in other processes that these jobs changed (PostgreSQL; see
+        app/api/events.py); delivered when the transaction commits."""
+        if c.dialect.name == "postgresql":
+            for job_id in job_ids:
+                c.execute(text("SELECT pg_notify(:channel, :id)"),
+                          {"channel": CHANGED_CHANNEL, "id": job_id})
+
     @contextmanager
     def exclusive(self, name: str):
         """Yields True in at most one process cluster-wide at a time (PostgreSQL advisory
@@ -101,6 +112,14 @@ class SqlJobStore:
             row = c.execute(select(*cols).where(jobs.c.id == job_id)).first()
         return _row_to_job(row) if row else None
 
+    def get_many(self, job_ids):
+        ids, cols, out = list(dict.fromkeys(job_ids)), [jobs.c[n] for n in _FIELDS], {}
+        with self.engine.connect() as c:
+            for i in range(0, len(ids), _MANY_CHUNK):
+                for row in c.execute(select(*cols).where(jobs.c.id.in_(ids[i:i + _MANY_CHUNK]))):
+                    out[row.id] = _row_to_job(row)
+        return out
+
     def claim(self, worker, now, lease_s):
         # One statement: picks the oldest queued job and takes it, or takes nothing. On
         # PostgreSQL, SKIP LOCKED lets many workers claim side by side; SQLite ignores it and
@@ -111,6 +130,8 @@ class SqlJobStore:
         # Claimed and read in one statement: a job is never claimed and then left unread.
         with self.engine.begin() as c:
             row = c.execute(self._take(jobs.c.id == oldest, worker, now, lease_s)).first()
+            if row:
+                self._changed(c, row.id)
         return _row_to_job(row) if row else None
 
     def claim_compatible(self, claimed, worker, now, lease_s, limit):
@@ -132,6 +153,7 @@ class SqlJobStore:
         with self.engine.begin() as c:
             rows = c.execute(self._take(jobs.c.id.in_(select(fits.c.id)), worker, now,
                                         lease_s)).all()
+            self._changed(c, *(r.id for r in rows))
         return sorted((_row_to_job(r) for r in rows), key=lambda j: (j.created_at, j.id))
 
     @staticmethod
@@ -143,16 +165,20 @@ class SqlJobStore:
                         attempts=jobs.c.attempts + 1, started_at=now)
                 .returning(*[jobs.c[n] for n in _FIELDS], jobs.c.image))
 
-    def _update_held(self, claimed, *conditions, **values) -> bool:
+    def _update_held(self, claimed, *conditions, changed: bool = True, **values) -> bool:
         stmt = (update(jobs).where(jobs.c.id == claimed.id, jobs.c.worker == claimed.worker,
                                    jobs.c.attempts == claimed.attempts,
                                    jobs.c.state == JobState.RUNNING.value, *conditions)
                 .values(**values))
         with self.engine.begin() as c:
-            return c.execute(stmt).rowcount == 1
+            if c.execute(stmt).rowcount != 1:
+                return False
+            if changed:
+                self._changed(c, claimed.id)
+            return True
 
     def heartbeat(self, claimed, lease_until):
-        return self._update_held(claimed, lease_until=lease_until)
+        return self._update_held(claimed, lease_until=lease_until, changed=False)
 
     def set_progress(self, claimed, progress, step=None, total_steps=None):
         values = {"progress": progress}
@@ -165,7 +191,8 @@ class SqlJobStore:
         with self.engine.begin() as c:
             if c.execute(update(jobs).where(*mine, jobs.c.state == JobState.QUEUED.value)
                          .values(state=JobState.CANCELLED.value, finished_at=now,
-                                 expires_at=expires_at)).rowcount:
+                                 expires_at=expires_at, image=None)).rowcount:
+                self._changed(c, job_id)
                 return "cancelled"
             if c.execute(update(jobs).where(*mine, jobs.c.state == JobState.RUNNING.value)
                          .values(cancel_requested=True)).rowcount:
@@ -201,9 +228,11 @@ class SqlJobStore:
             return c.execute(select(func.avg(recent.c.s))).scalar()
 
     def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
-               result_key=None):
+               result_key=None, result_bytes=None):
+        # The input image is dropped here: a finished job never needs it again.
         values = dict(state=state.value, finished_at=now, expires_at=expires_at, error=error,
-                      finish_reason=finish_reason, result_key=result_key, lease_until=None)
+                      finish_reason=finish_reason, result_key=result_key,
+                      result_bytes=result_bytes, lease_until=None, image=None)
         if state == JobState.SUCCEEDED:
             values["progress"] = 1.0
         return self._update_held(claimed, **values)
@@ -218,7 +247,7 @@ class SqlJobStore:
             failed = c.execute(
                 update(jobs).where(running, condition, jobs.c.attempts >= max_attempts)
                 .values(state=JobState.FAILED.value, finished_at=now, expires_at=expires_at,
-                        lease_until=None, error=CRASHED.format(n=max_attempts)))
+                        lease_until=None, error=CRASHED.format(n=max_attempts), image=None))
             queued = c.execute(
                 update(jobs).where(running, condition, jobs.c.attempts < max_attempts)
                 .values(state=JobState.QUEUED.value, worker=None, lease_until=None))
@@ -241,12 +270,28 @@ class SqlJobStore:
         with self.engine.begin() as c:
             c.execute(delete(jobs).where(jobs.c.id == job_id))
 
+    def stored(self, owner, now):
+        size = func.coalesce(jobs.c.result_bytes, 0) + func.coalesce(func.length(jobs.c.image), 0)
+        alive = or_(jobs.c.expires_at.is_(None), jobs.c.expires_at >= now)
+        with self.engine.connect() as c:
+            total, first = c.execute(select(func.coalesce(func.sum(size), 0),
+                                            func.min(jobs.c.expires_at))
+                                     .where(jobs.c.owner == owner, alive)).one()
+        return Stored(int(total), first)
+
     def count(self, state, owner=None):
         query = select(func.count()).select_from(jobs).where(jobs.c.state == state.value)
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         with self.engine.connect() as c:
             return c.execute(query).scalar_one()
+
+    def checkpoint(self):
+        """SQLite: copy the write-ahead log into the database and empty it, so that rows just
+        deleted (with secure_delete, overwritten) leave no copy behind in svd.db-wal."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as c:
+                c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self):
         self.engine.dispose()

@@ -9,9 +9,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from app.jobs.model import Job, JobState
+
+
+class Stored(NamedTuple):
+    """What an owner keeps on the server: input images of unfinished jobs and results not
+    yet expired, in bytes; and when the first of them expires (None: none will yet)."""
+    bytes: int
+    first_expiry: float | None
 
 
 class JobStore(Protocol):
@@ -21,6 +28,9 @@ class JobStore(Protocol):
         are one atomic step. Returns None when inserted, else "owner" or "total"."""
 
     def get(self, job_id: str, with_image: bool = False) -> Job | None: ...
+
+    def get_many(self, job_ids) -> dict[str, Job]:
+        """The jobs among `job_ids` that exist, by id, without their images; in one query."""
 
     def claim(self, worker: str, now: float, lease_s: float) -> Job | None:
         """Oldest queued job → running, held by `worker` until now + lease_s; with its image."""
@@ -56,8 +66,8 @@ class JobStore(Protocol):
 
     def finish(self, claimed: Job, state: JobState, now: float, expires_at: float,
                *, error: str | None = None, finish_reason: str | None = None,
-               result_key: str | None = None) -> bool:
-        """running → a finished state."""
+               result_key: str | None = None, result_bytes: int | None = None) -> bool:
+        """running → a finished state; the input image is dropped."""
 
     def release(self, claimed: Job) -> bool:
         """running → queued at once (a worker stopping on purpose hands the job back)."""
@@ -75,8 +85,14 @@ class JobStore(Protocol):
 
     def count(self, state: JobState, owner: str | None = None) -> int: ...
 
+    def stored(self, owner: str, now: float) -> Stored:
+        """The owner's bytes kept until they expire (the per-key storage bound)."""
+
     def exclusive(self, name: str):
         """Context manager yielding True in one process at a time (for housekeeping)."""
+
+    def checkpoint(self) -> None:
+        """After deleting: leave no copy of removed rows in a write-ahead log."""
 
     def close(self) -> None: ...
 
@@ -118,6 +134,13 @@ class MemoryJobStore:
             if not with_image:
                 out.image = None
             return out
+
+    def get_many(self, job_ids):
+        with self._lock:
+            out = {i: copy.copy(self._jobs[i]) for i in set(job_ids) if i in self._jobs}
+        for job in out.values():
+            job.image = None
+        return out
 
     def claim(self, worker, now, lease_s):
         with self._lock:
@@ -172,6 +195,7 @@ class MemoryJobStore:
                 return None
             if job.state == JobState.QUEUED:
                 job.state, job.finished_at, job.expires_at = JobState.CANCELLED, now, expires_at
+                job.image = None
                 return "cancelled"
             if job.state == JobState.RUNNING:
                 job.cancel_requested = True
@@ -201,19 +225,20 @@ class MemoryJobStore:
             return sum(j.finished_at - j.started_at for j in done) / len(done) if done else None
 
     def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
-               result_key=None):
+               result_key=None, result_bytes=None):
         with self._lock:
             job = self._held(claimed)
             if not job:
                 return False
             self._finish(job, state, now, expires_at, error, finish_reason, result_key)
+            job.result_bytes = result_bytes
             return True
 
     @staticmethod
     def _finish(job, state, now, expires_at, error=None, finish_reason=None, result_key=None):
         job.state, job.finished_at, job.expires_at = state, now, expires_at
         job.error, job.finish_reason, job.result_key = error, finish_reason, result_key
-        job.lease_until = None
+        job.lease_until, job.image = None, None
         if state == JobState.SUCCEEDED:
             job.progress = 1.0
 
@@ -257,6 +282,14 @@ class MemoryJobStore:
         with self._lock:
             self._jobs.pop(job_id, None)
 
+    def stored(self, owner, now):
+        with self._lock:
+            mine = [j for j in self._jobs.values() if j.owner == owner
+                    and (j.expires_at is None or j.expires_at >= now)]
+            size = sum((j.result_bytes or 0) + len(j.image or b"") for j in mine)
+            expiries = [j.expires_at for j in mine if j.expires_at is not None]
+            return Stored(size, min(expiries) if expiries else None)
+
     def count(self, state, owner=None):
         with self._lock:
             return sum(1 for j in self._jobs.values()
@@ -265,6 +298,9 @@ class MemoryJobStore:
     @contextlib.contextmanager
     def exclusive(self, name):
         yield True
+
+    def checkpoint(self):
+        pass
 
     def close(self):
         pass

@@ -37,5 +37,6 @@ def _sweep(store, results: ResultStore, settings: Settings, metrics) -> int:
         if len(batch) < BATCH:
             break
     if removed:
+        store.checkpoint()
         log.info(kv(event="expired_removed", jobs=removed))
     return removed

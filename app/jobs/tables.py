@@ -5,6 +5,8 @@ for queries, and a test checks the two agree.
 """
 from __future__ import annotations
 
+import os
+
 from sqlalchemy import (BigInteger, Boolean, Column, Float, Index, Integer, LargeBinary,
                         MetaData, String, Table, Text, create_engine, event, false)
 from sqlalchemy.engine import Engine
@@ -35,6 +37,7 @@ jobs = Table(
     Column("error", Text),
     Column("finish_reason", String(32)),
     Column("result_key", String(200)),
+    Column("result_bytes", BigInteger),         # its size: the per-key storage bound
     Column("step", Integer),
     Column("total_steps", Integer),
     Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
@@ -70,6 +73,10 @@ def make_engine(url: str) -> Engine:
     url = sqlalchemy_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        path = engine.url.database
+        if path and path != ":memory:" and not os.path.exists(path):
+            # Created 600 before SQLite opens it; its -wal and -shm files take the same mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _):
@@ -77,6 +84,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")      # readers never wait for the writer
             cur.execute("PRAGMA synchronous=FULL")      # an accepted job survives power loss
             cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA secure_delete=ON")      # removed images are overwritten
             cur.close()
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -9,7 +9,7 @@ from app.api.limits import RateLimiter
 from tests.api.test_start import assert_error, start
 from tests.conftest import KEY_A, KEY_B, running_server
 from tests.fakes import FakeGenerator
-from tests.helpers import png_bytes
+from tests.helpers import jpeg_bytes, png_bytes
 
 
 def test_limiter_slides_and_blocks_no_longer_than_the_window():
@@ -85,3 +85,22 @@ def test_draining_refuses_new_work_with_503_and_readyz_says_so(tmp_path):
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
         assert "retry-after" in ready.headers
         assert client.get(f"/v2beta/image-to-video/result/{job_id}").status_code in (200, 202)
+
+
+def test_what_a_key_keeps_stored_is_bounded(tmp_path):
+    image = jpeg_bytes(96, 64)
+    limit_mb = 2.5 * len(image) / (1024 * 1024)          # room for two inputs, not three
+    gen = FakeGenerator()
+    gen.hold = True
+    with running_server(tmp_path, generator=gen, max_stored_mb_per_key=limit_mb) as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as a, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_B}) as b:
+        assert start(a, image=image).status_code == 200
+        assert start(a, image=image).status_code == 200
+        r = start(a, image=image)
+        body = assert_error(r, 429, "rate_limit_exceeded", "rate_limit")
+        assert "MiB" in body["errors"][0] and int(r.headers["retry-after"]) > 0
+        assert start(b, image=image).status_code == 200     # another key has its own room
+        text = a.get("/metrics").text
+        assert 'svd_requests_rejected_total{reason="storage_full"} 1.0' in text
+        gen.release.set()

@@ -75,3 +75,17 @@ def test_keys_never_reach_the_logs(tmp_path, caplog):
             httpx.get(server.url + "/v2beta/image-to-video/result/" + "1" * 64, headers=headers)
     assert caplog.text and "request_id=" in caplog.text
     assert KEY_A not in caplog.text and "sk-wrong-secret-key" not in caplog.text
+
+
+def test_control_characters_in_a_path_cannot_forge_or_colour_log_lines(tmp_path, caplog):
+    caplog.set_level("INFO")
+    with running_server(tmp_path) as server:
+        forged = "/x%0d%0a2026-01-01 INFO svd.access: forged%1b[31m%00%e2%80%a8end"
+        assert httpx.get(server.url + forged).status_code == 404
+    lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert lines, "the request was not logged"
+    for line in lines:
+        for raw in ("\r", "\n", "\x1b", "\x00", "\u2028"):
+            assert raw not in line
+    assert any("\\x0d\\x0a2026-01-01" in line and "\\x1b[31m" in line and "\\u2028" in line
+               for line in lines)

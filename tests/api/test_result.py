@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import stat
 import time
 
 import httpx
@@ -11,7 +12,7 @@ from app.jobs.sweeper import sweep
 from tests.api.test_start import URL, assert_error, start
 from tests.conftest import KEY_B, running_server, wait_done
 from tests.fakes import FakeGenerator
-from tests.helpers import inspect_mp4
+from tests.helpers import inspect_mp4, jpeg_bytes
 
 RESULT = URL + "/result/"
 
@@ -115,7 +116,8 @@ def test_failed_generation_is_500_and_the_worker_goes_on(tmp_path):
 def test_results_expire_and_the_sweeper_removes_everything(tmp_path):
     with running_server(tmp_path, result_ttl_hours=1 / 3600) as server, \
             httpx.Client(base_url=server.url, headers={"authorization": "test-key-a"}) as client:
-        job_id = start(client).json()["id"]
+        image = jpeg_bytes(64, 64)                 # noise: its bytes occur nowhere else
+        job_id = start(client, image=image).json()["id"]
         assert wait_done(client, job_id).status_code == 200
         state = server.app.state
         mp4 = state.results.path(state.results.key_for(job_id))
@@ -125,6 +127,19 @@ def test_results_expire_and_the_sweeper_removes_everything(tmp_path):
         assert sweep(state.store, state.results, server.settings) == 1
         assert not mp4.exists()
         assert state.store.get(job_id) is None
+        data = server.settings.data_dir
+        leftovers = b"".join(p.read_bytes() for p in data.glob("svd.db*"))
+        assert image[200:1200] not in leftovers        # not in svd.db, nor in svd.db-wal
+
+
+def test_the_data_dir_results_and_database_are_private(tmp_path, client, server):
+    assert wait_done(client, start(client).json()["id"]).status_code == 200
+    data = server.settings.data_dir
+    for folder in (data, data / "results"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for f in [*data.glob("svd.db*"), *(data / "results").iterdir(), data / "webhook_secret"]:
+        if f.exists():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
 
 def test_unknown_routes_and_methods_use_the_error_shape(client):

@@ -248,3 +248,16 @@ def test_multipart_without_closing_boundary_is_named_as_such(client, server):
     r = client.post(URL, content=body, headers={"content-type": "multipart/form-data; boundary=b"})
     assert "closing boundary" in assert_error(r, 400, "bad_request", "body")["errors"][0]
     assert total_jobs(server) == 0
+
+
+def test_a_trailing_slash_is_served_in_place_never_redirected_by_host(client, server):
+    evil = {"host": "evil.example"}
+    files = {"image": ("in.png", png_bytes(), "image/png")}
+    r = client.post(URL + "/", files=files, headers=evil, follow_redirects=False)
+    assert r.status_code == 200, r.text
+    assert "evil.example" not in str(r.headers)
+    poll = client.get(f"{URL}/result/{r.json()['id']}/", headers=evil, follow_redirects=False)
+    assert poll.status_code in (200, 202)
+    assert "evil.example" not in str(poll.headers)
+    no_key = httpx.post(server.url + URL + "/", files=files, headers=evil, follow_redirects=False)
+    assert_error(no_key, 401, "unauthorized")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,7 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from app.webhooks import host_allowed, sign, verify
+from app.jobs.model import Job, JobState, new_job_id
+from app.jobs.store import MemoryJobStore
+from app.webhooks import WebhookSender, host_allowed, sign, verify
 from tests.api.test_start import assert_error, start
 from tests.conftest import KEY_A, running_server, wait_done
 from tests.fakes import FakeGenerator
@@ -54,12 +58,13 @@ def receiver():
     r.close()
 
 
-def test_signed_event_retried_until_delivered(tmp_path, receiver):
+def test_signed_event_retried_until_delivered(tmp_path, receiver, caplog):
+    caplog.set_level(logging.INFO)
     secret = "whsec-test"
     with running_server(tmp_path, webhook_allow=f"127.0.0.1:{receiver.port}", webhook_secret=secret,
                         webhook_retry_base_s=0.2) as server, \
             httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
-        url = f"http://127.0.0.1:{receiver.port}/hooks/svd"
+        url = f"http://127.0.0.1:{receiver.port}/hooks/svd?token=s3cret"
         job_id = start(client, data={"seed": "9", "webhook_url": url}).json()["id"]
         assert wait_done(client, job_id).status_code == 200
         receiver.wait(3)                                   # 503, 503, then 200
@@ -67,7 +72,8 @@ def test_signed_event_retried_until_delivered(tmp_path, receiver):
         assert verify(secret.encode(), headers["svd-signature"], body)
         assert not verify(b"another-secret", headers["svd-signature"], body)
         assert not verify(secret.encode(), headers["svd-signature"], body + b" ")
-        for missing_or_malformed in (None, "", "t", "t=x,v1=", "v1=abc", b"t=1"):
+        for missing_or_malformed in (None, "", "t", "t=x,v1=", "v1=abc", b"t=1", "t=abc", "v1=",
+                                     "garbage", "t=1,v1"):
             assert verify(secret.encode(), missing_or_malformed, body) is False
         event = json.loads(body)
         assert event == {"type": "generation.succeeded", "id": job_id, "status": "succeeded",
@@ -80,6 +86,8 @@ def test_signed_event_retried_until_delivered(tmp_path, receiver):
             assert time.time() < deadline
             time.sleep(0.05)
         assert 'svd_webhook_deliveries_total{outcome="delivered"} 1.0' in client.get("/metrics").text
+    assert f"target=http://127.0.0.1:{receiver.port} attempt=3" in caplog.text
+    assert "s3cret" not in caplog.text                 # nor httpx's own request line
 
 
 def test_failed_generations_are_announced_too(tmp_path):
@@ -117,3 +125,104 @@ def test_allow_list_patterns():
     assert not host_allowed("http://127.0.0.1:8081/a", allow)
     assert not host_allowed("https://corp.example.evil.com/a", allow)
     assert sign(b"k", 1, b"{}").startswith("t=1,v1=")
+
+
+def test_urls_the_client_would_read_differently_are_400(tmp_path):
+    bad = ["http://:pw@127.0.0.1:9/x", "http://@127.0.0.1:9/x", "http://a\\b.corp.example/x",
+           "http://a%2fb.corp.example/x", " http://127.0.0.1:9/x", "\thttp://127.0.0.1:9/x",
+           "http://127.0.0.1:9/x\r\n", "http://127.1:9/x"]
+    with running_server(tmp_path, webhook_allow="127.0.0.1:*,*.corp.example") as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+        for url in bad:
+            r = start(client, data={"webhook_url": url})
+            assert_error(r, 400, "bad_request", "webhook_url")
+        assert start(client, data={"webhook_url": "http://a.corp.example/x"}).status_code == 200
+
+
+def finished_job(store, url: str) -> str:
+    job = Job(id=new_job_id(), owner="o", seed=1, cfg_scale=1.8, motion_bucket_id=127, width=64,
+              height=64, created_at=time.time(), state=JobState.SUCCEEDED, webhook_url=url,
+              webhook_status="pending")
+    store.create(job)
+    return job.id
+
+
+def wait_webhook(store, job_id: str, status: str, timeout: float = 10) -> float:
+    deadline = time.time() + timeout
+    while store.get(job_id).webhook_status != status:
+        assert time.time() < deadline, store.get(job_id).webhook_status
+        time.sleep(0.01)
+    return time.time()
+
+
+@pytest.fixture
+def hanging_port():
+    """A target that accepts connections (the kernel's backlog does) and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    yield s.getsockname()[1]
+    s.close()
+
+
+def test_a_dead_target_does_not_hold_up_another_targets_events(hanging_port):
+    live, store = Receiver(), MemoryJobStore()
+    sender = WebhookSender(store, b"k", allow=["127.0.0.1:*"], base_delay_s=0.05,
+                           timeout_s=2).start()
+    try:
+        dead = [finished_job(store, f"http://127.0.0.1:{hanging_port}/x") for _ in range(3)]
+        for job_id in dead:
+            sender.submit(job_id)
+        time.sleep(0.3)                                    # its first attempt is hanging
+        submitted = time.time()
+        sender.submit(finished_job(store, f"http://127.0.0.1:{live.port}/x"))
+        live.wait(1, timeout=3)        # one sender thread: 3 x (5 x 2 s + backoff) behind
+        assert live.received[0][2] - submitted < 3
+        assert [store.get(j).webhook_status for j in dead] == ["pending"] * 3
+    finally:
+        stopping = time.time()
+        sender.stop()
+        stopped_in = time.time() - stopping
+        live.close()
+    assert stopped_in < 5.5
+    assert [store.get(j).webhook_status for j in dead] == ["pending"] * 3   # for housekeeping
+
+
+def test_the_last_failure_is_recorded_without_another_backoff():
+    rec, store = Receiver(fail_first=100), MemoryJobStore()
+    sender = WebhookSender(store, b"k", allow=[f"127.0.0.1:{rec.port}"], attempts=3,
+                           base_delay_s=0.4, timeout_s=2).start()
+    try:
+        job_id = finished_job(store, f"http://127.0.0.1:{rec.port}/x")
+        sender.submit(job_id)
+        recorded = wait_webhook(store, job_id, "failed")
+    finally:
+        sender.stop()
+        rec.close()
+    times = [r[2] for r in rec.received]
+    assert len(times) == 3 and store.get(job_id).webhook_attempts == 3
+    assert times[1] - times[0] >= 0.35 and times[2] - times[1] >= 0.75     # 0.4 s, then 0.8 s
+    assert recorded - times[2] < 1.0                   # not after a third backoff (1.6 s)
+
+
+def test_a_target_removed_from_the_allow_list_is_not_delivered(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    rec = Receiver()
+    url = f"http://127.0.0.1:{rec.port}/hooks/s3cret?token=s3cret"
+    try:
+        with running_server(tmp_path, workers=0, webhook_allow="127.0.0.1:*") as server, \
+                httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+            job_id = start(client, data={"webhook_url": url}).json()["id"]    # queued: no worker
+        # The operator takes the target off the list and restarts; the job runs afterwards.
+        with running_server(tmp_path, webhook_allow="hooks.example.com") as server, \
+                httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+            assert wait_done(client, job_id).status_code == 200
+            wait_webhook(server.app.state.store, job_id, "failed")
+            assert server.app.state.store.get(job_id).webhook_attempts == 0
+            metrics = client.get("/metrics").text
+            assert 'svd_webhook_deliveries_total{outcome="failed"} 1.0' in metrics
+    finally:
+        rec.close()
+    assert rec.received == []
+    assert f"outcome=refused target=http://127.0.0.1:{rec.port}" in caplog.text
+    assert "s3cret" not in caplog.text

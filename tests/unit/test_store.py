@@ -174,3 +174,18 @@ def test_a_database_newer_than_the_code_is_refused(tmp_path):
         c.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(migrate.SchemaTooNew, match="newer"):
         migrate.upgrade(engine)
+
+
+def test_finishing_drops_the_input_and_stored_counts_what_a_key_keeps(store):
+    mine, other = "m" * 64, "x" * 64
+    store.create(a := job(owner=mine))
+    store.create(job(owner=mine, created=T0 + 1))
+    store.create(job(owner=other, created=T0 + 2))
+    assert store.stored(mine, T0) == (2 * len(b"png-bytes"), None)    # two queued inputs
+    claimed = store.claim("w", T0, 30)
+    assert claimed.id == a.id
+    store.finish(claimed, JobState.SUCCEEDED, T0 + 1, T0 + 100, result_key="k", result_bytes=5000)
+    assert store.get(a.id, with_image=True).image is None
+    assert store.stored(mine, T0 + 2) == (5000 + len(b"png-bytes"), T0 + 100)
+    assert store.stored(mine, T0 + 101).bytes == len(b"png-bytes")    # the result expired
+    assert store.stored("n" * 64, T0) == (0, None)
