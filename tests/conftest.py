@@ -101,3 +101,12 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 30, **kw) -> h
             return r
         assert time.time() < deadline, "generation did not finish in time"
         time.sleep(0.05)
+
+
+# The longest tests first: with two test processes (pyproject's -n 2), they then run beside
+# the rest instead of alone at the end.
+LONGEST_FIRST = ("test_bench_startup.py", "test_crash_recovery.py", "test_scale_out.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)     # stable: order kept
