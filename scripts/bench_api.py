@@ -19,7 +19,6 @@ passed to the server, so the numbers do not depend on the caller's settings.
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -27,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from statistics import fmean, median
 
-from bench_common import (BenchError, noise_png, percentile, print_table, server_process,
-                          size_arg)
+from bench_common import (BenchError, finish, noise_png, percentile, print_table,
+                          server_process, size_arg)
 
 TARGET_OVERHEAD = 1.10
 TARGET_POLL_P99_MS = 50.0
@@ -191,10 +190,7 @@ def cmd_api(args) -> int:
         print(f"warning: jobs took {res['direct_mean_s']:.2f} s, not ~{target:g} s as calibrated",
               file=sys.stderr)
     report(res)
-    print(f"took {res['wall_s']:.0f} s", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, args.json)
 
 
 def add_parser(sub) -> None:

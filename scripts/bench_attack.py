@@ -36,7 +36,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 MIB = 1024 * 1024
 RESULT = "/v2beta/image-to-video/result/"
@@ -290,7 +289,7 @@ def cmd_attack(args) -> int:
     import httpx
 
     from bench_api import TARGET_POLL_P99_MS
-    from bench_common import BenchError, noise_png, rss_kb, server_process
+    from bench_common import BenchError, finish, noise_png, rss_kb, server_process
     if args.quick:
         args.phase_s, args.request_timeout = 3.0, 1.0
     if args.phase_s <= 0 or args.request_timeout <= 0:
@@ -318,10 +317,7 @@ def cmd_attack(args) -> int:
     res["wall_s"] = time.perf_counter() - started
     judge(res, TARGET_POLL_P99_MS)
     report(res, TARGET_POLL_P99_MS)
-    print(f"took {res['wall_s']:.0f} s", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, args.json)
 
 
 def add_parser(sub) -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,10 +62,8 @@ def server_process(size: str, frames: int, steps: int, keys: int = 1,
     keep the data there (default: a temporary directory)."""
     import httpx
 
-    from app.child_process import popen_kwargs
-    with socket.socket() as sock:                      # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from app.child_process import free_port, popen_kwargs
+    port = free_port()
     api_keys = [secrets.token_hex(16) for _ in range(keys)]
     with tempfile.TemporaryDirectory(prefix="svd-bench-") as tmp:
         data, log_path = data_dir or Path(tmp) / "data", Path(tmp) / "server.log"
@@ -164,6 +162,14 @@ def retry_after_s(value: str | None) -> float | None:
             return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
         except (TypeError, ValueError):
             return None
+
+
+def finish(res: dict, json_path: str | None) -> int:
+    """How every benchmark ends: its wall time said, its numbers written as JSON if asked."""
+    print(f"took {res['wall_s']:.0f} s", file=sys.stderr)
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
 
 
 def stats_ms(v: list[float]) -> dict:

@@ -15,17 +15,15 @@ own timing of the polls where its /metrics has it. --quick: 8 clients for 8 s.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from bench_api import TARGET_POLL_P99_MS, http_job
-from bench_common import (BenchError, cpu_s, noise_png, print_table, retry_after_s, rss_kb,
-                          server_process, stats_ms)
+from bench_common import (BenchError, cpu_s, finish, noise_png, print_table, retry_after_s,
+                          rss_kb, server_process, stats_ms)
 
 TARGET_RSS_RATIO = 1.10
 START, RESULT = "/v2beta/image-to-video", "/v2beta/image-to-video/result/"
@@ -283,10 +281,7 @@ def cmd_load(args) -> int:
               "latencies include their own queueing", file=sys.stderr)
     if res["server_log_errors"]:
         print(f"server log (tail):\n{res['server_log_tail']}", file=sys.stderr)
-    print(f"took {res['wall_s']:.0f} s", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, args.json)
 
 
 def add_parser(sub) -> None:

@@ -20,7 +20,6 @@ database is always dropped. --quick: 4 workers in 2 processes, 200 jobs, 50 late
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import secrets
@@ -29,9 +28,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
-from bench_common import BenchError, percentile, print_table
+from bench_common import BenchError, finish, percentile, print_table
 from bench_queue_workers import Workers, store_rows, tally
 
 TARGET_JOBS_PER_S = 100.0
@@ -211,10 +209,7 @@ def cmd_queue(args) -> int:
     for ph in phases:
         for sample in ph["error_samples"]:
             print(f"store error: {sample}", file=sys.stderr)
-    print(f"took {res['wall_s']:.0f} s", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, args.json)
 
 
 def add_parser(sub) -> None:

@@ -29,10 +29,9 @@ import resource
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from bench_api import TARGET_POLL_P99_MS
-from bench_common import (BenchError, cpu_s, noise_png, print_table, retry_after_s,
+from bench_common import (BenchError, cpu_s, finish, noise_png, print_table, retry_after_s,
                           server_process, stats_ms)
 
 START, RESULT = "/v2beta/image-to-video", "/v2beta/image-to-video/result/"
@@ -273,10 +272,7 @@ def cmd_sse(args) -> int:
     judge(res)
     res["wall_s"] = time.perf_counter() - started
     report(res)
-    print(f"took {res['wall_s']:.0f} s", file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
+    return finish(res, args.json)
 
 
 def add_parser(sub) -> None:

@@ -103,8 +103,8 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 30, **kw) -> h
         time.sleep(0.05)
 
 
-# The longest tests first: with two test processes (pyproject's -n 2), they then run beside
-# the rest instead of alone at the end.
+# The longest test files first, kept in this order by pyproject's --no-loadscope-reorder: each
+# of the two test processes then starts on one of them, and the short files fill in beside.
 LONGEST_FIRST = ("test_bench_startup.py", "test_crash_recovery.py", "test_scale_out.py")
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
-from app.child_process import popen_kwargs
+from app.child_process import free_port, popen_kwargs  # noqa: F401 - free_port for tests
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,12 +33,6 @@ def jpeg_bytes(w: int = 64, h: int = 64, **save_args) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", **save_args)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerThread:

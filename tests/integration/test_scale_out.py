@@ -114,7 +114,7 @@ def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(t
     engine = make_engine(postgres_url)
     migrate.upgrade(engine)
     engine.dispose()
-    port = free_port()
+    port = free_port(2)                      # --metrics-port: port + i for the i-th GPU
     env = {**os.environ, "SVD_DATABASE_URL": postgres_url, "SVD_MODEL": "tiny",
            "SVD_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "supervisor.log"
