@@ -39,8 +39,8 @@ esac
 # pytest tests/gpu), with the whole chain of their requirements that it lacks too. Each
 # version is the one in our .venv where it has it (the code we tested); the version here is
 # the fallback. pydantic-core is pinned to exactly what pydantic requires, torchao by torch.
-# uvicorn's "standard" extras (httptools, websockets, watchfiles) are left out: uvicorn runs
-# without them, on h11 and asyncio.
+# uvicorn's other "standard" extras (websockets, watchfiles, uvloop) are left out: uvicorn
+# runs without them. httptools is carried: the server's HTTP protocol is built on it.
 CARRY="
 diffusers          0.42.1   the pipeline
 importlib-metadata 10.2.0   required by diffusers
@@ -51,6 +51,7 @@ fastapi            0.165.0  the API
 starlette          1.10.0   required by fastapi
 opentelemetry-api  1.45.2   required by fastapi
 uvicorn            0.55.0   the server
+httptools          0.9.0    its HTTP parser, under app/http_guard.py's limits
 python-multipart   0.0.34   form uploads
 pydantic           2.14.4   settings and API models
 pydantic-core      2.50.5   required by pydantic, exactly
