@@ -58,6 +58,21 @@ def postgres_url():
         admin.dispose()
 
 
+@pytest.fixture
+def pg(postgres_url):
+    """(url, engine) of the session's PostgreSQL database, at the current schema, empty."""
+    from sqlalchemy import text
+
+    from app.jobs import migrate
+    from app.jobs.sql import make_engine
+    engine = make_engine(postgres_url)
+    migrate.upgrade(engine)
+    with engine.begin() as c:
+        c.execute(text("TRUNCATE jobs, results"))
+    yield postgres_url, engine
+    engine.dispose()
+
+
 def make_settings(tmp_path, **overrides) -> Settings:
     values = dict(data_dir=tmp_path / "data", api_keys=f"{KEY_A},{KEY_B}", allowed_sizes=TEST_SIZES,
                   workers=1, sweep_interval_s=3600)

@@ -10,7 +10,6 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
 from app.jobs.sql import SqlJobStore, make_engine
 from app.jobs.store import MemoryJobStore
@@ -238,17 +237,8 @@ def test_streams_per_key_are_limited(tmp_path):
         gen.release.set()
 
 
-@pytest.fixture
-def pg(postgres_url):
-    engine = make_engine(postgres_url)
-    migrate.upgrade(engine)
-    with engine.begin() as c:
-        c.execute(text("TRUNCATE jobs, results"))
-    yield postgres_url
-    engine.dispose()
-
-
 def test_postgres_changes_from_other_processes_arrive_by_notify(tmp_path, pg):
+    pg, _ = pg
     """An API process without workers; a worker elsewhere (here: its own store) claims, moves
     and fails the job. With the hub's regular poll 30 s apart, only NOTIFY can bring the
     events within a second; with the listening connection dropped, nothing is missed."""

@@ -17,16 +17,6 @@ from tests.conftest import KEY_A, KEY_B, make_settings, running_server, wait_don
 from tests.helpers import inspect_mp4
 
 
-@pytest.fixture
-def pg(postgres_url):
-    engine = make_engine(postgres_url)
-    migrate.upgrade(engine)
-    with engine.begin() as c:
-        c.execute(text("TRUNCATE jobs, results"))
-    yield postgres_url, engine
-    engine.dispose()
-
-
 def test_generate_poll_and_serve_from_the_database(tmp_path, pg):
     url, engine = pg
     with running_server(tmp_path, database_url=url, result_ttl_hours=1 / 3600) as server, \

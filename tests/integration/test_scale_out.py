@@ -25,11 +25,8 @@ HEADERS = {"authorization": f"Bearer {KEY}"}
 JOBS = 12
 
 
-def test_two_apis_three_workers_one_killed(tmp_path, postgres_url):
-    engine = make_engine(postgres_url)
-    migrate.upgrade(engine)
-    with engine.begin() as c:
-        c.execute(text("TRUNCATE jobs, results"))
+def test_two_apis_three_workers_one_killed(tmp_path, pg):
+    postgres_url, engine = pg
     env = {"SVD_DATABASE_URL": postgres_url, "SVD_MODEL": "tiny", "SVD_API_KEYS": KEY,
            "SVD_ALLOWED_SIZES": "64x64", "SVD_NUM_FRAMES": "4", "SVD_STEPS": "60",
            "SVD_LEASE_S": "3", "SVD_HEARTBEAT_S": "1"}
@@ -103,7 +100,6 @@ def test_two_apis_three_workers_one_killed(tmp_path, postgres_url):
                 proc.kill()
         for api in apis:
             api.stop()
-        engine.dispose()
 
 
 def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(tmp_path,
