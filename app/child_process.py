@@ -4,7 +4,8 @@ servers among them.
 A server started by a benchmark or a test must die with it however it ends: a timeout's
 SIGKILL, a crash, Ctrl-C. Each child gets its own session (so a signal meant for the parent's
 terminal group does not reach it half-way) and, on Linux, a parent-death signal: the kernel
-sends it SIGKILL the moment its parent exits.
+sends it SIGKILL the moment its parent exits. `start_server` starts `svd-server serve` that
+way; `wait_until_ready` waits until it answers.
 """
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
 
 PR_SET_PDEATHSIG = 1   # from <linux/prctl.h>
 
@@ -48,3 +54,35 @@ def free_port(count: int = 1) -> int:
             continue
         return base
     raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def start_server(env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen:
+    """`svd-server serve` with this environment, tied to this process, its output appended
+    to `log_path`."""
+    with open(log_path, "ab") as log:                # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=cwd, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, **popen_kwargs())
+
+
+class ServerNotReady(RuntimeError):
+    """A server exited, or did not answer in time; the message ends with its log's tail."""
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
+    """Return once GET `url` answers 200; raise ServerNotReady if `proc` exits first or
+    `timeout` seconds pass."""
+    def tail() -> str:
+        return log_path.read_text(errors="replace")[-5000:] if log_path.exists() else ""
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerNotReady(f"server exited with {proc.returncode}:\n{tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerNotReady(f"server not ready in {timeout:g} s:\n{tail()}")
+        time.sleep(0.1)

@@ -1,7 +1,10 @@
-"""Settings: the one place that reads the environment (prefix SVD_)."""
+"""Settings: the one place that reads SVD_* variables from the environment; loading them
+for the command line with clear errors; the data directory's private folders."""
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -102,10 +105,13 @@ class Settings(BaseSettings):
     fp8: Literal["auto", "on", "off"] = "auto"     # auto: in fast mode, where the card has FP8
     max_batch: int = Field(1, ge=1, le=8)          # compatible queued jobs run as one batch
     overlap: bool = True    # encode/store a finished video while the next one denoises
-    content_filter: str = ""                 # package.module:function (app/content_filter.py)
+    content_filter: str = ""                 # package.module:function (app/jobs/content_filter.py)
     # Scale-out (docs/scaling.md).
     result_store: Literal["auto", "files", "database"] = "auto"   # auto: files on SQLite
     worker_name: str = ""                    # `svd-server worker`: default <host>/gpu<N>
+    # The CLI's remote mode (`svd-server generate`): which server, and the key it sends.
+    base_url: str = ""                       # set: generate there unless --local
+    api_key: str = ""                        # unset: DATA_DIR/api_key
     # Testing only: SIGKILL this process when a job reaches the phase (see docs/operations.md).
     fault_crash_at: Literal["", "queued", "denoise", "encode", "write"] = ""
 
@@ -203,3 +209,31 @@ class Settings(BaseSettings):
     @property
     def result_ttl_s(self) -> float:
         return self.result_ttl_hours * 3600.0
+
+
+# Settings whose values are never echoed back, not even in an error.
+SECRET_SETTINGS = {"SVD_API_KEYS", "SVD_API_KEY", "SVD_WEBHOOK_SECRET", "SVD_DATABASE_URL"}
+
+
+def load_settings(**overrides) -> Settings | None:
+    """Settings from the environment, or None after saying on stderr what is wrong."""
+    from pydantic import ValidationError
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for e in exc.errors():
+            name = "SVD_" + "_".join(str(p) for p in e["loc"]).upper()
+            got = "" if name in SECRET_SETTINGS else f" (got {e.get('input')!r})"
+            print(f"error: {name}: {e['msg']}{got}", file=sys.stderr)
+        return None
+
+
+def private_dir(path: Path) -> Path:
+    """mkdir -p, readable by this user only (700) for every folder it creates; a folder that
+    already exists keeps the mode its owner gave it."""
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for p in missing:
+        os.chmod(p, 0o700)
+    return path

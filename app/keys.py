@@ -8,7 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
-from app.storage import private_dir
+from app.config import private_dir
 
 log = logging.getLogger(__name__)
 

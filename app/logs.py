@@ -47,3 +47,12 @@ def _escaped(c: str) -> str:
         return c
     code = ord(c)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def configure_logging(level: str) -> None:
+    """Log lines to stderr at `level`, as every svd-server command writes them."""
+    import logging
+    import sys
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)    # app.main logs the revision

@@ -1,11 +1,10 @@
-"""The app factory: create_app(settings) wires the store, the service and the workers."""
+"""The app factory: create_app(settings) builds the FastAPI app; its lifespan starts the
+backend (stores, webhooks, workers: app/backend.py) and the housekeeping loop."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-import threading
-import time
 from contextlib import asynccontextmanager
 from typing import Callable
 
@@ -18,19 +17,15 @@ from app.api.errors import install_error_handlers
 from app.api.event_hub import EventHub
 from app.api.limits import RateLimiter
 from app.api.middleware import RequestMiddleware
-from app.config import Settings
-from app.content_filter import load_filter
-from app.jobs.notify import Listener
+from app.backend import Backend
+from app.config import Settings, private_dir
+from app.jobs.content_filter import load_filter
 from app.jobs.service import JobService
 from app.jobs.sweeper import sweep
-from app.jobs.worker import Worker, WorkerConfig
 from app.keys import KeyRing, load_or_create_key
-from app.logs import kv
 from app.metrics import Metrics
 from app.runtime import Runtime
-from app.storage import private_dir
-from app.stores import open_job_store, open_result_store
-from app.webhooks import WebhookSender, load_secret, resend_webhooks
+from app.webhooks import resend_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +74,7 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
             runtime.draining = True
             housekeeping.cancel()
             await app.state.event_hub.close()
-            await run_in_threadpool(_stop, app, runtime)
+            await run_in_threadpool(_stop, app)
 
     app = FastAPI(title="svd-server: Stable Video Diffusion API", version="v2beta",
                   description="A self-hosted Stability AI image-to-video API.",
@@ -130,51 +125,22 @@ def _start(app: FastAPI, settings: Settings, runtime: Runtime, factory) -> None:
         keys = [load_or_create_key(settings.data_dir)]
         log.warning("API key: read it from %s", (settings.data_dir / "api_key").resolve())
     app.state.keyring = KeyRing(keys)
-
-    store = open_job_store(settings)
-    results = open_result_store(settings, store)
-    wake = threading.Event()
-    metrics = app.state.metrics
-    metrics.watch_store(store.count)
-    app.state.store = store
-    app.state.results = results
-    app.state.service = JobService(store, results, wake, settings.max_queued,
-                                   settings.max_queued_per_key, settings.max_stored_bytes_per_key)
-
-    now = time.time()
-    config = WorkerConfig.from_settings(settings)
-    if settings.fault_crash_at:
-        log.warning(kv(event="fault_hook_armed", crash_at=settings.fault_crash_at))
-    app.state.webhooks = WebhookSender(
-        store, load_secret(settings.webhook_secret, settings.data_dir), metrics,
-        allow=settings.webhook_allow_list, base_delay_s=settings.webhook_retry_base_s).start()
-    for name in worker_names(settings):
-        n = store.requeue_worker(name, settings.max_attempts, now, now + settings.result_ttl_s)
-        if n:
-            metrics.worker_restarts.labels("restart").inc(n)
-            log.warning("re-queued %d job(s) that %s held when it stopped", n, name)
-        runtime.workers.append(Worker(name, store, results, factory, config, wake,
-                                      runtime.on_fatal, metrics, app.state.webhooks.submit))
-    for worker in runtime.workers:
-        worker.start()
-    if runtime.workers and settings.uses_postgres:      # wake-ups from other API processes
-        app.state.listener = Listener(settings.resolved_database_url, wake).start()
+    backend = Backend(settings, app.state.metrics, worker_names(settings), factory,
+                      runtime.on_fatal)
+    app.state.backend = backend
+    app.state.store = backend.store
+    app.state.results = backend.results
+    app.state.service = JobService(backend.store, backend.results, backend.wake,
+                                   settings.max_queued, settings.max_queued_per_key,
+                                   settings.max_stored_bytes_per_key, backend.outcomes)
+    runtime.workers = backend.workers
+    backend.start()
 
 
-def _stop(app: FastAPI, runtime: Runtime) -> None:
-    listener = getattr(app.state, "listener", None)
-    if listener is not None:
-        listener.stop()
-    webhooks = getattr(app.state, "webhooks", None)
-    if webhooks is not None:
-        webhooks.stop()
-    for worker in runtime.workers:
-        worker.stopping.set()
-    for worker in runtime.workers:
-        worker.stop(timeout=10.0)
-    store = getattr(app.state, "store", None)
-    if store is not None:
-        store.close()
+def _stop(app: FastAPI) -> None:
+    backend = getattr(app.state, "backend", None)
+    if backend is not None:
+        backend.stop()
 
 
 async def _housekeeping(app: FastAPI, settings: Settings) -> None:
@@ -183,7 +149,7 @@ async def _housekeeping(app: FastAPI, settings: Settings) -> None:
             await asyncio.sleep(settings.sweep_interval_s)
             await run_in_threadpool(sweep, app.state.store, app.state.results, settings,
                                     app.state.metrics)
-            await run_in_threadpool(resend_webhooks, app.state.store, app.state.webhooks)
+            await run_in_threadpool(resend_webhooks, app.state.store, app.state.backend.webhooks)
         except asyncio.CancelledError:
             return
         except Exception:

@@ -25,7 +25,7 @@ class Runtime:
         self.request_shutdown: Callable[[], None] | None = None
 
     def readiness(self) -> dict:
-        ready = [w for w in self.workers if w.ready.is_set()]
+        ready = [w for w in self.workers if w.loaded]
         if self.draining or self.fatal:
             status = "draining"
         elif self.settings.workers and not ready:
@@ -56,12 +56,12 @@ class Runtime:
         busy = sum(w.busy for w in self.workers)
         log.warning(kv(event="draining", running_jobs=busy, grace_s=grace_s))
         for worker in self.workers:
-            worker.draining.set()
+            worker.drain()
         deadline = time.monotonic() + grace_s
         while any(w.busy for w in self.workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         for worker in self.workers:
-            worker.stopping.set()         # a job still running stops at its next step
+            worker.stop_soon()            # a job still running stops at its next step
         deadline = time.monotonic() + 5
         while any(w.busy for w in self.workers) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from app.jobs.model import WebhookStatus
 from app.keys import read_or_create_secret
 from app.logs import kv
 
@@ -259,14 +260,14 @@ class WebhookSender:
 
     def _take_in(self, job_id: str) -> "tuple[float, _Delivery] | None":
         job = self.store.get(job_id)
-        if job is None or not job.webhook_url or job.webhook_status != "pending":
+        if job is None or not job.webhook_url or job.webhook_status != WebhookStatus.PENDING:
             return None
         url = allowed_url(job.webhook_url, self.allow)
         if url is None:                       # e.g. the target left SVD_WEBHOOK_ALLOW since
             parsed = parse_url(job.webhook_url)
             log.warning(kv(job=job_id, event="webhook", outcome="refused",
                            target=target_of(parsed) if parsed is not None else "invalid"))
-            self._record(job_id, "failed", 0)
+            self._record(job_id, WebhookStatus.FAILED, 0)
             return None
         return time.monotonic(), _Delivery(job_id, url, event_body(job))
 
@@ -283,15 +284,17 @@ class WebhookSender:
         except Exception as exc:              # noqa: BLE001 - network errors are retried
             error = type(exc).__name__
         ok = status is not None and 200 <= status < 300
-        outcome = "delivered" if ok else "failed" if delivery.attempt >= self.attempts else "retry"
+        last = ok or delivery.attempt >= self.attempts
+        outcome = (WebhookStatus.DELIVERED if ok else WebhookStatus.FAILED) if last else None
         log.info(kv(job=delivery.job_id, event="webhook", target=delivery.target,
-                    attempt=delivery.attempt, status=status, error=error, outcome=outcome))
-        if outcome == "retry":
+                    attempt=delivery.attempt, status=status, error=error,
+                    outcome=outcome.value if outcome else "retry"))
+        if outcome is None:
             return time.monotonic() + self.base_delay * 2 ** (delivery.attempt - 1), delivery
         self._record(delivery.job_id, outcome, delivery.attempt)
         return None
 
-    def _record(self, job_id: str, outcome: str, attempts: int) -> None:
+    def _record(self, job_id: str, outcome: WebhookStatus, attempts: int) -> None:
         self.store.set_webhook_status(job_id, outcome, attempts)
         if self.metrics is not None:
-            self.metrics.webhooks.labels(outcome).inc()
+            self.metrics.webhooks.labels(outcome.value).inc()

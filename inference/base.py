@@ -1,8 +1,10 @@
-"""What every video generator takes and gives, independent of the model behind it."""
+"""What every video generator takes and gives, independent of the model behind it: the
+request, the VideoGenerator contract the worker, the loader and the CLI rely on, which
+requests can share a batch, and the out-of-memory ladder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -31,10 +33,6 @@ class GenerationRequest:
     noise_aug_strength: float = NOISE_AUG_STRENGTH
 
 
-class GenerationAborted(Exception):
-    """Raised from a step callback to stop a generation on purpose (cancel, timeout)."""
-
-
 # Lower-memory settings a generator can fall back to after running out of GPU memory:
 # 1 = decode two frames at a time and chunk the UNet's feed-forward; 2 = also keep only the
 # running model on the GPU (CPU offload). Each is slower than the one before.
@@ -50,14 +48,79 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                               and ("CUDA" in text or "CUBLAS" in text))
 
 
-class VideoGenerator(Protocol):
-    """Turns one request into frames: uint8 array of shape (frames, height, width, 3)."""
+def uses_guidance(cfg_scale: float) -> bool:
+    """Classifier-free guidance (two UNet passes a step) only above the first frame's 1.0."""
+    return cfg_scale > MIN_GUIDANCE_SCALE
 
-    description: str        # what is loaded, for logs, /readyz and the x-svd-model header
-    default_frames: int
+
+class BatchKey(NamedTuple):
+    """Requests (or queued jobs) with equal keys can share one generator call."""
+    width: int
+    height: int
+    frames: int | None         # None: the generator's default
+    steps: int | None
+    guided: bool               # see uses_guidance
+
+
+def batch_key(width: int, height: int, frames: int | None, steps: int | None,
+              cfg_scale: float) -> BatchKey:
+    return BatchKey(width, height, frames, steps, uses_guidance(cfg_scale))
+
+
+T = TypeVar("T")
+
+
+def with_less_memory(call: Callable[[int], T], on_retry: Callable[[int], None] | None = None) -> T:
+    """`call(0)`, at full speed; after an out-of-memory error, `call(level)` again at the next
+    lower-memory level (`on_retry(level)` first), up to LOW_MEMORY_LEVELS. Any other error,
+    and the last level's, goes through."""
+    for level in range(LOW_MEMORY_LEVELS + 1):
+        try:
+            return call(level)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or level == LOW_MEMORY_LEVELS:
+                raise
+            if on_retry is not None:
+                on_retry(level + 1)
+    raise AssertionError("unreachable")
+
+
+class VideoGenerator:
+    """The contract between the server and a model family: everything the worker, the loader
+    and the CLI call. A second family subclasses this in inference/ and nothing under app/
+    changes. Frames are uint8 arrays of shape (frames, height, width, 3).
+
+    The hooks with a body here are optional: a generator without batches, memory profiles,
+    warm-up or GPU memory figures keeps these."""
+
+    description: str = "video generator"   # what is loaded: logs, /readyz, x-svd-model
+    default_frames: int                    # when the request leaves frames unset
     default_steps: int
+    can_batch: bool = False   # generate_batch runs its requests together (SVD_MAX_BATCH)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
                  low_memory: int = 0) -> np.ndarray:
-        """`low_memory`: 0 for full speed, up to LOW_MEMORY_LEVELS after an out-of-memory."""
-        ...
+        """One video. `low_memory`: 0 for full speed, up to LOW_MEMORY_LEVELS after an
+        out-of-memory error. Exceptions raised by `on_step` go through."""
+        raise NotImplementedError
+
+    def generate_batch(self, requests: list[GenerationRequest],
+                       on_step: StepCallback | None = None,
+                       low_memory: int = 0) -> list[np.ndarray]:
+        """One video per request, in one call; the requests share a BatchKey. Called only
+        when `can_batch`."""
+        raise NotImplementedError(f"{type(self).__name__} runs one video at a time")
+
+    def set_profile(self, profile: str) -> None:
+        """SVD_MEMORY_PROFILE: auto, full, balanced or low. Without profiles: one, `full`."""
+        if profile not in ("auto", "full"):
+            raise ValueError(f"{type(self).__name__} has no memory profile {profile!r}")
+
+    def warm_up(self, sizes: list[tuple[int, int]], frames: int | None = None,
+                max_batch: int = 1) -> None:
+        """Run every shape the first requests will have once (compiling, kernel choice,
+        allocator growth), before the server says it is ready. Nothing to do by default."""
+
+    def memory_stats(self) -> dict[str, int]:
+        """GPU memory for the metrics (allocated, reserved, peak_allocated); empty on a CPU."""
+        return {}

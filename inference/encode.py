@@ -8,7 +8,6 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from inference.base import FORMATS  # noqa: F401  (re-exported: the formats encode_video makes)
 
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"   # measured: 2.5x faster than "medium" for ~8 % more bytes
@@ -92,7 +91,7 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int,
 
 
 def encode_video(frames: np.ndarray, path: str | os.PathLike, fps: int, fmt: str = "mp4") -> None:
-    """Frames in one of FORMATS: H.264 MP4 (the API's own), VP9 WebM, or an animated GIF."""
+    """Frames in one of inference.base.FORMATS: H.264 MP4 (the API's own), VP9 WebM, or an animated GIF."""
     if fmt == "mp4":
         return encode_mp4(frames, path, fps)
     if fmt == "gif":

@@ -20,7 +20,8 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
     _append_dims, retrieve_timesteps)
 from diffusers.utils.torch_utils import randn_tensor
 
-from inference.base import CONDITIONING_FPS, MIN_GUIDANCE_SCALE, GenerationRequest, StepCallback
+from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE, GenerationRequest, StepCallback,
+                            uses_guidance)
 
 # unet(sample, t, encoder_hidden_states, added_time_ids, step, total_steps, branch=0)
 #   -> noise prediction. `branch` tells the calls of one step apart when the guidance halves
@@ -35,11 +36,6 @@ class SampleOptions:
     decode_chunk_size: int = 8
     cfg_sequential: bool = False   # guidance halves one after the other: less memory, ~same time
     decode: bool = True            # False: stop after denoising (warm-up)
-
-
-def guidance_on(request: GenerationRequest) -> bool:
-    """With cfg_scale <= 1 there is no unconditional pass at all."""
-    return request.cfg_scale > MIN_GUIDANCE_SCALE
 
 
 def _halves(tensor: torch.Tensor, cfg: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -89,10 +85,10 @@ def _conditioning(pipe, request: GenerationRequest, generator: torch.Generator, 
 def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
            on_step: StepCallback | None = None, unet: UNetCall | None = None) -> list[np.ndarray]:
     """Generate one video per request, all in one batch. The requests must share size and
-    guidance on/off (see inference.svd.batch_key). Returns uint8 (frames, h, w, 3) arrays,
+    guidance on/off (see inference.base.BatchKey). Returns uint8 (frames, h, w, 3) arrays,
     or nothing when `options.decode` is False."""
-    cfg = guidance_on(requests[0])
-    if any(guidance_on(r) != cfg or r.image.size != requests[0].image.size for r in requests):
+    cfg = uses_guidance(requests[0].cfg_scale)
+    if any(uses_guidance(r.cfg_scale) != cfg or r.image.size != requests[0].image.size for r in requests):
         raise ValueError("a batch must share image size and guidance on/off")
     width, height = requests[0].image.size
     frames, device = options.frames, pipe._execution_device

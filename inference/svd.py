@@ -57,8 +57,8 @@ class _DropFp32CastNotice(logging.Filter):
 
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropFp32CastNotice())
 
-from inference.base import GenerationRequest, StepCallback
-from inference.sampler import SampleOptions, guidance_on, sample
+from inference.base import BatchKey, GenerationRequest, StepCallback, VideoGenerator, batch_key
+from inference.sampler import SampleOptions, sample
 from inference.speed import SpeedOptions, apply_fp8, compile_unet, set_feed_forward_chunking
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,9 @@ def resident_bytes(pipe, device_type: str = "cuda") -> int:
     return total
 
 
-def batch_key(request: GenerationRequest, frames: int, steps: int) -> tuple:
-    """Requests with equal keys can share one batch (one UNet call per step)."""
-    return request.image.size, frames, steps, guidance_on(request)
+class SvdGenerator(VideoGenerator):
+    can_batch = True
 
-
-class SvdGenerator:
     def __init__(self, pipe: StableVideoDiffusionPipeline, device: str, description: str,
                  default_frames: int, default_steps: int,
                  decode_chunk_size: int = DEFAULT_DECODE_CHUNK, profile: str = "full",
@@ -167,9 +164,9 @@ class SvdGenerator:
         set_feed_forward_chunking(self.pipe.unet, profile != "full")
         self.profile = profile
 
-    def batch_key(self, request: GenerationRequest) -> tuple:
-        return batch_key(request, request.num_frames or self.default_frames,
-                         request.steps or self.default_steps)
+    def batch_key(self, request: GenerationRequest) -> BatchKey:
+        return batch_key(*request.image.size, request.num_frames or self.default_frames,
+                         request.steps or self.default_steps, request.cfg_scale)
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None,
                  low_memory: int = 0) -> np.ndarray:

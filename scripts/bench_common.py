@@ -62,7 +62,7 @@ def server_process(size: str, frames: int, steps: int, keys: int = 1,
     keep the data there (default: a temporary directory)."""
     import httpx
 
-    from app.child_process import free_port, popen_kwargs
+    from app.child_process import ServerNotReady, free_port, start_server, wait_until_ready
     port = free_port()
     api_keys = [secrets.token_hex(16) for _ in range(keys)]
     with tempfile.TemporaryDirectory(prefix="svd-bench-") as tmp:
@@ -72,25 +72,13 @@ def server_process(size: str, frames: int, steps: int, keys: int = 1,
                         SVD_NUM_FRAMES=str(frames), SVD_STEPS=str(steps), SVD_DATA_DIR=str(data),
                         SVD_PORT=str(port), SVD_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
         full_env.update(env or {})
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                    env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                    **popen_kwargs())
+        proc = start_server(full_env, ROOT, log_path)
         server = Server(f"http://127.0.0.1:{port}", api_keys, proc, data, log_path)
         try:
-            deadline = time.monotonic() + ready_timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(f"server exited with {proc.returncode}:\n{server.tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"server not ready in {ready_timeout_s:.0f} s:\n{server.tail()}")
-                try:
-                    if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
+            wait_until_ready(proc, server.url + "/readyz", log_path, ready_timeout_s)
             yield server
+        except ServerNotReady as exc:
+            raise BenchError(str(exc)) from None
         except httpx.HTTPError as exc:
             raise BenchError(f"HTTP request failed: {exc!r}\nserver log:\n{server.tail()}") from exc
         finally:                                        # terminate, then kill

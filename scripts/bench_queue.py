@@ -46,7 +46,7 @@ def scratch_database(admin_url: str):
     from sqlalchemy.engine import make_url
 
     from app.jobs.migrate import upgrade
-    from app.jobs.sql import make_engine, sqlalchemy_url
+    from app.jobs.tables import make_engine, sqlalchemy_url
     admin = create_engine(sqlalchemy_url(admin_url), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as c:

@@ -65,9 +65,10 @@ def run_case(gen, args, overlap: bool, max_batch: int, root: Path) -> dict:
     """Queue the jobs, run one worker until all are finished, and measure."""
     from app.jobs import migrate
     from app.jobs.model import Job, JobState, new_job_id
-    from app.jobs.sql import SqlJobStore, make_engine
+    from app.jobs.sql import SqlJobStore
+    from app.jobs.tables import make_engine
     from app.jobs.worker import Worker, WorkerConfig
-    from app.storage import FileResultStore
+    from app.results.files import FileResultStore
     from bench_gpu_measure import GpuBusy
 
     root.mkdir(parents=True)
@@ -87,8 +88,8 @@ def run_case(gen, args, overlap: bool, max_batch: int, root: Path) -> dict:
     config = WorkerConfig(overlap=overlap, max_batch=max_batch, idle_poll_s=0.05,
                           job_timeout_s=24 * 3600)
     fatal: list[BaseException] = []
-    worker = Worker("bench", store, FileResultStore(root / "results"), lambda: timed, config,
-                    on_fatal=fatal.append)
+    worker = Worker("bench", store=store, results=FileResultStore(root / "results"),
+                    generator_factory=lambda: timed, config=config, on_fatal=fatal.append)
     busy = GpuBusy()
     with busy.measure():
         worker.start()

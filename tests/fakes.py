@@ -6,15 +6,18 @@ import time
 
 import numpy as np
 
+from inference.base import VideoGenerator
+
 
 class OutOfMemoryError(RuntimeError):
     """Named like torch.cuda.OutOfMemoryError, which is what the worker recognises."""
 
 
-class FakeGenerator:
+class FakeGenerator(VideoGenerator):
     description = "fake generator (tests)"
     default_frames = 4
     default_steps = 3
+    can_batch = True
 
     def __init__(self, step_delay: float = 0.0, fail_on_motion: int | None = None,
                  oom_below_level: int = 0, decode_delay: float = 0.0,

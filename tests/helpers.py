@@ -1,4 +1,5 @@
-"""Shared test helpers: images, a real HTTP server in a thread, MP4 inspection."""
+"""Shared test helpers: keys and settings, images, a real HTTP server in a thread or a
+process, MP4 inspection."""
 from __future__ import annotations
 
 import io
@@ -8,16 +9,37 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
+import pytest
 import uvicorn
 from PIL import Image
 
-from app.child_process import free_port, popen_kwargs  # noqa: F401 - free_port for tests
+from app.child_process import free_port, popen_kwargs, start_server, wait_until_ready
+from app.config import Settings
+from app.main import create_app
+from tests.fakes import FakeGenerator
 
 ROOT = Path(__file__).resolve().parent.parent
+KEY_A = "test-key-a"
+KEY_B = "test-key-b"
+TEST_SIZES = "64x64,96x64,1024x576,576x1024,768x768"
+PG_ADMIN_URL = os.environ.get("SVD_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str):
+    """A test that needs something missing is skipped on a laptop and fails in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing service fails instead of skipping)")
+    pytest.skip(reason)
 
 
 def png_bytes(w: int = 64, h: int = 64, mode: str = "RGB", color=(200, 40, 40)) -> bytes:
@@ -64,6 +86,38 @@ class ServerThread:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(20)
+
+
+def make_settings(tmp_path, **overrides) -> Settings:
+    values = dict(data_dir=tmp_path / "data", api_keys=f"{KEY_A},{KEY_B}", allowed_sizes=TEST_SIZES,
+                  workers=1, sweep_interval_s=3600)
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextmanager
+def running_server(tmp_path, generator=None, **overrides):
+    generator = generator or FakeGenerator()
+    settings = make_settings(tmp_path, **overrides)
+    app = create_app(settings, generator_factory=lambda: generator, model_label="fake")
+    with ServerThread(app) as server:
+        deadline = time.time() + 10
+        while httpx.get(server.url + "/readyz").status_code != 200:
+            assert time.time() < deadline, "server never became ready"
+            time.sleep(0.02)
+        server.generator = generator
+        server.settings = settings
+        yield server
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 30, **kw) -> httpx.Response:
+    deadline = time.time() + timeout
+    while True:
+        r = client.get(f"/v2beta/image-to-video/result/{job_id}", **kw)
+        if r.status_code != 202:
+            return r
+        assert time.time() < deadline, "generation did not finish in time"
+        time.sleep(0.05)
 
 
 @dataclass
@@ -126,24 +180,13 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True, timeout: float = 120) -> "ServerProcess":
-        import httpx
+        """Start it and wait for /readyz (/healthz with wait_ready=False); a RuntimeError
+        (ServerNotReady) with the log's tail if it exits first or does not answer in time."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], cwd=ROOT,
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     **popen_kwargs())
-        deadline = time.time() + timeout
+        self.proc = start_server(self.env, ROOT, self.log_path)
         path = "/readyz" if wait_ready else "/healthz"
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()[-5000:]}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log()[-5000:]}")
+        wait_until_ready(self.proc, self.url + path, self.log_path, timeout)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -165,7 +208,8 @@ class ServerProcess:
 def sqlite_job_store(path: Path):
     """A migrated SQLite job store in the file `path`."""
     from app.jobs import migrate
-    from app.jobs.sql import SqlJobStore, make_engine
+    from app.jobs.sql import SqlJobStore
+    from app.jobs.tables import make_engine
     engine = make_engine(f"sqlite:///{path}")
     migrate.upgrade(engine)
     return SqlJobStore(engine)

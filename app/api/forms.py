@@ -15,10 +15,10 @@ from starlette.requests import ClientDisconnect, Request
 
 from app.api.errors import ApiError
 from app.config import Settings
-from app.jobs.service import MAX_SEED, GenerationParams
+from app.jobs.params import MAX_SEED, GenerationParams, check_image
 from app.webhooks import host_allowed
 from inference.base import FORMATS
-from inference.images import ImageError, decode_rgb, probe
+from inference.images import ImageError
 
 # ASCII digits and spaces only, as the hosted API: Python's \d and int() also take "١٢".
 _INT_RE = re.compile(r"^\s*\+?\d{1,12}\s*$", re.ASCII)
@@ -147,23 +147,8 @@ async def parse_generation(request: Request, settings: Settings) -> GenerationPa
 
 
 async def _check_image(data: bytes, settings: Settings) -> tuple[int, int]:
-    """Format from the bytes, size from the header (nothing decoded yet, so a header that
-    claims 30000x30000 costs nothing), then a full decode off the event loop."""
-    def refuse(w: int, h: int):
-        if settings.any_size:
-            return ImageError(f"dimensions {w}x{h} are not supported; sides must be multiples "
-                              f"of 64, at least 64, with at most {settings.max_pixels} pixels")
-        listed = ", ".join(f"{a}x{b}" for a, b in settings.allowed_sizes)
-        return ImageError(f"dimensions {w}x{h} are not supported; use one of {listed}")
-
     try:
-        info = probe(data)
-        # Either way round: EXIF orientation may turn the image a quarter.
-        if not settings.size_allowed(info.width, info.height):
-            raise refuse(info.width, info.height)
-        width, height = (await run_in_threadpool(decode_rgb, data, info)).size
-        if not settings.size_allowed(width, height, exact=True):
-            raise refuse(width, height)
+        image = await run_in_threadpool(check_image, data, settings)
     except ImageError as exc:
         raise ApiError.bad_request(f"image: {exc}") from None
-    return width, height
+    return image.size

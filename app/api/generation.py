@@ -16,7 +16,8 @@ from app.api.events import open_stream
 from app.api.schemas import (IMAGE_TO_VIDEO_FORM, AsyncGenerationResponse,
                              VideoGenerationResponse, error_responses)
 from app.jobs.model import JobState
-from app.jobs.service import QueueFull
+from app.jobs.service import SubmitRefused
+from app.jobs.store import CancelOutcome
 from app.logs import kv, request_id
 from inference.base import FORMATS
 
@@ -55,9 +56,10 @@ async def start(request: Request, owner: str = Depends(require_owner)):
     params = await parse_generation(request, state.settings)
     try:
         job = await run_in_threadpool(state.service.submit, owner, params)
-    except QueueFull as full:
-        metrics.rejected.labels(full.reason).inc()
-        raise ApiError.rate_limited(full.retry_after or QUEUE_FULL_RETRY_S, full.what) from None
+    except SubmitRefused as refused:
+        metrics.rejected.labels(refused.reason.value).inc()
+        raise ApiError.rate_limited(refused.retry_after or QUEUE_FULL_RETRY_S,
+                                    refused.what) from None
     client = {h.removeprefix("stability-"): request.headers[h][:256]
               for h in CLIENT_HEADERS if h in request.headers}
     log.info(kv(request_id=request_id.get(), job=job.id, event="queued",
@@ -105,15 +107,14 @@ async def cancel(id: str, request: Request, owner: str = Depends(require_owner))
     outcome = await run_in_threadpool(state.service.cancel, owner, id, state.settings.result_ttl_s)
     if outcome is None:
         raise ApiError.generation_not_found()
-    if outcome == "finished":
+    if outcome == CancelOutcome.FINISHED:
         raise ApiError(409, "generation_finished", ["id: the generation has already finished"],
                        "Too late to cancel: the generation has finished.")
-    log.info(kv(request_id=request_id.get(), job=id, event="cancel_requested", outcome=outcome))
-    if outcome == "cancelled":              # a queued job: finished here, not by a worker
-        state.metrics.jobs_finished.labels("cancelled").inc()
-        state.webhooks.submit(id)
+    log.info(kv(request_id=request_id.get(), job=id, event="cancel_requested",
+                outcome=outcome.value))
     # "cancelled": a queued job, done now; "cancelling": a running one, stops at its next step.
-    return JSONResponse({"id": id, "status": "cancelled" if outcome == "cancelled" else "cancelling"})
+    done = outcome == CancelOutcome.CANCELLED
+    return JSONResponse({"id": id, "status": "cancelled" if done else "cancelling"})
 
 
 async def events(id: str, request: Request, owner: str = Depends(require_owner)):

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from app.jobs.service import MAX_SEED
+from app.jobs.params import MAX_SEED
 
 
 class AsyncGenerationResponse(BaseModel):

@@ -1,1 +1,5 @@
-"""Durable generation jobs: the state machine, its stores, the service and the worker."""
+"""Durable generation jobs: the Job and its states (`model`), the store interface with its
+SQL implementation and in-memory twin (`store`, `sql`, `memory`, `tables`, `migrate`), what
+the API does with jobs (`service`, `params`), and the worker that runs them (`worker`,
+`held`, `generator_call`, `finisher`, `outcomes`, `failures`), plus housekeeping
+(`sweeper`) and cross-process wake-ups (`notify`). No HTTP here."""

@@ -14,12 +14,12 @@ import threading
 import time
 import traceback
 
-from app.content_filter import flagged
+from app.jobs.content_filter import flagged
 from app.jobs.failures import crash_here, describe_failure
 from app.jobs.held import Held, Holder, Stop
 from app.jobs.model import JobState
 from app.logs import kv
-from app.storage import ResultStore
+from app.results.base import ResultStore
 from inference.encode import encode_video, yield_cpu_to_the_gpu_feed
 
 log = logging.getLogger("app.jobs.worker")

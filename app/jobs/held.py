@@ -1,11 +1,12 @@
-"""The jobs a worker holds: each one's lease, kept by a heartbeat thread until its outcome is
-recorded, its progress, and how it ends (finished, handed back, or abandoned).
+"""The jobs a worker holds: their leases, renewed by one heartbeat loop until each job's
+outcome is recorded; their progress; and how each ends (finished, handed back, abandoned).
 
 Shared by the worker thread (claims, generation) and the finisher (encode, store, finish):
 a job stays held, its lease renewed, until whichever of them records its outcome closes it.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ from dataclasses import replace
 from typing import Callable
 
 from app.jobs.model import Job, JobState
+from app.jobs.outcomes import Outcomes
 from app.jobs.store import JobStore
 from app.logs import kv
 from inference.base import GenerationRequest
@@ -21,22 +23,32 @@ from inference.images import decode_rgb, probe
 log = logging.getLogger("app.jobs.worker")
 
 
+class AbortReason(str, enum.Enum):
+    """Why a held job must stop before its outcome is recorded."""
+    STOPPING = "stopping"        # the worker stops: the job goes back to the queue
+    CANCELLED = "cancelled"      # its owner cancelled it: it ends cancelled
+    TIMED_OUT = "timed out"      # SVD_JOB_TIMEOUT_S passed: already recorded failed
+    LEASE_LOST = "lease lost"    # no longer ours (the lease ran out): left to its new holder
+
+
 class Stop(Exception):
-    """Abort the current generation (shutdown, timeout, cancel or lost lease)."""
+    """Abort the current generation; the message is the AbortReason."""
 
 
 class Held:
     """One claimed job: its request once decoded, and why it must stop (if it must)."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, deadline: float, next_beat: float):
         self.job = job
         self.request: GenerationRequest | None = None
         self.error: Exception | None = None         # the image could not be decoded
-        self.abort_reason: str | None = None        # set → the next step drops this job
+        self.abort_reason: AbortReason | None = None   # set → the next step drops this job
         self.generate_s = 0.0
         self.t0 = time.monotonic()                  # reset when its generation starts
-        self.done = threading.Event()               # set → the heartbeat stops
-        self.beat: threading.Thread | None = None
+        self.deadline = deadline                    # wall clock: SVD_JOB_TIMEOUT_S from the claim
+        self.next_beat = next_beat                  # wall clock: its next lease renewal
+        self.done = threading.Event()               # its outcome is recorded (or left)
+        self.holder: Holder | None = None
 
     @property
     def closed(self) -> bool:
@@ -57,31 +69,56 @@ class Held:
             self.error = exc
 
     def close(self) -> None:
-        """Its outcome is recorded (or it is left to the lease): stop heartbeating."""
+        """Its outcome is recorded (or it is left to the lease): no more heartbeats."""
         self.done.set()
-        if self.beat is not None and self.beat is not threading.current_thread():
-            self.beat.join()
+        if self.holder is not None:
+            self.holder.let_go(self)
 
 
 class Holder:
-    """Leases, progress and outcomes of the jobs one worker holds."""
+    """Leases, progress and outcomes of the jobs one worker holds. One heartbeat thread
+    serves them all; it runs while at least one job is held."""
 
-    def __init__(self, name: str, store: JobStore, config, stopping: threading.Event,
-                 metrics=None, on_finished: Callable[[str], None] | None = None):
+    def __init__(self, name: str, store: JobStore, config, is_stopping: Callable[[], bool],
+                 metrics=None, outcomes: Outcomes | None = None):
         self.name = name
         self.store = store
         self.cfg = config
-        self.stopping = stopping
+        self.is_stopping = is_stopping
         self.metrics = metrics
-        self.on_finished = on_finished        # e.g. the webhook sender, given the job id
+        self.outcomes = outcomes or Outcomes(metrics)
+        self._held: set[Held] = set()
+        self._cond = threading.Condition()
+        self._beating: Held | None = None        # the job the heartbeat loop works on now
+        self._thread: threading.Thread | None = None
 
     def hold(self, job: Job) -> Held:
-        """Start heartbeating a job just claimed."""
-        held = Held(job)
-        held.beat = threading.Thread(target=self._heartbeat, args=(held,), daemon=True,
-                                     name=f"heartbeat-{self.name}")
-        held.beat.start()
+        """Keep the lease of a job just claimed, until it is closed."""
+        now = time.time()
+        deadline = now + self.cfg.job_timeout_s
+        held = Held(job, deadline, min(now + self.cfg.heartbeat_s, deadline))
+        held.holder = self
+        with self._cond:
+            self._held.add(held)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._heartbeats, daemon=True,
+                                                name=f"heartbeat-{self.name}")
+                self._thread.start()
+            self._cond.notify_all()
         return held
+
+    def let_go(self, held: Held) -> None:
+        """No more heartbeats for `held`; waits while the loop is renewing it right now."""
+        with self._cond:
+            self._held.discard(held)
+            self._cond.notify_all()
+            if threading.current_thread() is not self._thread:
+                self._cond.wait_for(lambda: self._beating is not held)
+
+    @property
+    def holding(self) -> int:
+        with self._cond:
+            return len(self._held)
 
     def report(self, held: Held, progress: float, step: int | None = None,
                total: int | None = None) -> None:
@@ -90,58 +127,85 @@ class Holder:
             return
         current = self.store.get(held.job.id)
         cancelled = current is not None and current.cancel_requested
-        held.abort_reason = "cancelled" if cancelled else "lease lost"
-        raise Stop(held.abort_reason)
+        held.abort_reason = AbortReason.CANCELLED if cancelled else AbortReason.LEASE_LOST
+        raise Stop(held.abort_reason.value)
 
     def check_abort(self, held: Held, stopping: bool = True) -> None:
         """Raise Stop if the job must stop; with `stopping`, also when the worker stops."""
-        if stopping and self.stopping.is_set() and held.abort_reason is None:
-            held.abort_reason = "stopping"
+        if stopping and self.is_stopping() and held.abort_reason is None:
+            held.abort_reason = AbortReason.STOPPING
         if held.abort_reason:
-            raise Stop(held.abort_reason)
+            raise Stop(held.abort_reason.value)
 
     def finish(self, job: Job, state: JobState, **fields) -> bool:
         now = time.time()
         done = self.store.finish(job, state, now, now + self.cfg.result_ttl_s, **fields)
-        if done and self.metrics is not None:
-            self.metrics.jobs_finished.labels(state.value).inc()
-        if done and state != JobState.SUCCEEDED:
-            log.info(kv(job=job.id, event=state.value, worker=self.name, error=fields.get("error")))
-        if done and job.webhook_url and self.on_finished is not None:
-            self.on_finished(job.id)
+        if done:
+            if state != JobState.SUCCEEDED:
+                log.info(kv(job=job.id, event=state.value, worker=self.name,
+                            error=fields.get("error")))
+            self.outcomes.ended(job.id, state, bool(job.webhook_url))
         return done
 
     def stopped(self, held: Held) -> None:
         """The job stopped on purpose: cancelled, handed back (stopping) or abandoned."""
         job = held.job
-        if held.abort_reason == "cancelled":
+        if held.abort_reason == AbortReason.CANCELLED:
             self.finish(job, JobState.CANCELLED, error="cancelled by its owner")
-        elif held.abort_reason == "stopping" and self.store.release(job):
+        elif held.abort_reason == AbortReason.STOPPING and self.store.release(job):
             log.info(kv(job=job.id, event="released", worker=self.name, reason="worker stopping"))
         else:
-            log.warning(kv(job=job.id, event="abandoned", reason=held.abort_reason))
+            log.warning(kv(job=job.id, event="abandoned",
+                           reason=held.abort_reason.value if held.abort_reason else None))
 
     def observe(self, phase: str, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.job_phase_seconds.labels(phase).observe(seconds)
 
-    def _heartbeat(self, held: Held) -> None:
-        job = held.job
-        deadline = time.time() + self.cfg.job_timeout_s
-        while not held.done.wait(min(self.cfg.heartbeat_s, max(0.0, deadline - time.time()))):
-            if time.time() >= deadline:
-                # Fail it now so the client hears at once, even if the model is stuck in a
-                # call that never returns to a step callback.
-                held.abort_reason = "timed out"
-                self.finish(job, JobState.FAILED,
-                            error=f"timed out after {self.cfg.job_timeout_s:.0f} s")
-                return
+    # -- the heartbeat loop ------------------------------------------------------------------
+    def _heartbeats(self) -> None:
+        while True:
+            with self._cond:
+                if not self._held:
+                    self._thread = None
+                    return
+                held = min(self._held, key=lambda h: h.next_beat)
+                wait = held.next_beat - time.time()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                self._beating = held
             try:
-                kept = self.store.heartbeat(job, time.time() + self.cfg.lease_s)
-            except Exception:              # the database blinked: try again next beat
-                log.exception("job %s: heartbeat failed", job.id)
-                continue
-            if not kept:
-                held.abort_reason = "lease lost"
-                log.warning(kv(job=job.id, event="lease_lost", worker=self.name))
-                return
+                self._beat(held)
+            except Exception:                  # noqa: BLE001 - the loop serves every job
+                log.exception("job %s: heartbeat failed", held.job.id)
+            finally:
+                with self._cond:
+                    self._beating = None
+                    self._cond.notify_all()
+
+    def _beat(self, held: Held) -> None:
+        """Renew one lease, or fail the job past its deadline, or notice it was lost."""
+        job, now = held.job, time.time()
+        if now >= held.deadline:
+            # Fail it now so the client hears at once, even if the model is stuck in a call
+            # that never returns to a step callback.
+            held.abort_reason = AbortReason.TIMED_OUT
+            self._forget(held)
+            self.finish(job, JobState.FAILED,
+                        error=f"timed out after {self.cfg.job_timeout_s:.0f} s")
+            return
+        held.next_beat = min(now + self.cfg.heartbeat_s, held.deadline)
+        try:
+            kept = self.store.heartbeat(job, now + self.cfg.lease_s)
+        except Exception:                      # the database blinked: try again next beat
+            log.exception("job %s: heartbeat failed", job.id)
+            return
+        if not kept and not held.closed:
+            held.abort_reason = AbortReason.LEASE_LOST
+            log.warning(kv(job=job.id, event="lease_lost", worker=self.name))
+            self._forget(held)
+
+    def _forget(self, held: Held) -> None:
+        with self._cond:
+            self._held.discard(held)

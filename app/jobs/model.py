@@ -27,6 +27,13 @@ class JobState(str, enum.Enum):
 FINISHED_STATES = tuple(s for s in JobState if s.finished)
 
 
+class WebhookStatus(str, enum.Enum):
+    """Where a finished job's webhook delivery stands (None: the job named no webhook)."""
+    PENDING = "pending"        # not delivered yet: sent, retried, or re-sent after a crash
+    DELIVERED = "delivered"
+    FAILED = "failed"          # given up on, or its target is no longer allowed
+
+
 def new_job_id() -> str:
     """64 lowercase hex characters from the OS's CSPRNG, as the hosted API's ids look."""
     return secrets.token_hex(32)
@@ -63,6 +70,6 @@ class Job:
     noise_aug_strength: float | None = None
     output_format: str | None = None   # mp4 (None) | webm | gif
     webhook_url: str | None = None
-    webhook_status: str | None = None  # pending | delivered | failed
+    webhook_status: WebhookStatus | None = None
     webhook_attempts: int | None = None
     image: bytes | None = field(default=None, repr=False)   # only loaded when asked for

@@ -1,37 +1,20 @@
 """What the API can do with jobs: submit, look up, find the result. No HTTP, no torch."""
 from __future__ import annotations
 
+import enum
 import logging
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 
-from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.store import JobStore
-from app.storage import ResultStore
+from app.jobs.model import Job, JobState, WebhookStatus, new_job_id
+from app.jobs.outcomes import Outcomes
+from app.jobs.params import GenerationParams, random_seed
+from app.jobs.store import CancelOutcome, JobStore, Refusal
+from app.results.base import ResultStore
 
 log = logging.getLogger(__name__)
-
-MAX_SEED = 4294967294
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """A validated request, ready to queue."""
-    image: bytes
-    width: int
-    height: int
-    seed: int = 0                 # 0: pick one
-    cfg_scale: float = 1.8
-    motion_bucket_id: int = 127
-    # Optional extensions beyond the Stability API; None: the server's default.
-    num_frames: int | None = None
-    steps: int | None = None
-    output_fps: int | None = None
-    noise_aug_strength: float | None = None
-    output_format: str | None = None
-    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,33 +23,38 @@ class JobView:
     job: Job
 
 
-class QueueFull(Exception):
-    """Too many queued jobs, in total or for this key, or too much stored for this key; `what`
-    says which, `retry_after` when trying again makes sense (None: the caller's default)."""
+class RefusalReason(str, enum.Enum):
+    """Why a submit was refused; the svd_requests_rejected_total label."""
+    QUEUE_FULL = "queue_full"          # too many queued, in total or for this key
+    STORAGE_FULL = "storage_full"      # this key keeps too many bytes until they expire
 
-    def __init__(self, what: str, retry_after: float | None = None, reason: str = "queue_full"):
+
+class SubmitRefused(Exception):
+    """The generation was not queued: `what` says why in words, `retry_after` when trying
+    again makes sense (None: the caller's default)."""
+
+    def __init__(self, what: str, retry_after: float | None = None,
+                 reason: RefusalReason = RefusalReason.QUEUE_FULL):
         super().__init__(what)
         self.what = what
         self.retry_after = retry_after
-        self.reason = reason                      # the svd_requests_rejected_total label
-
-
-def random_seed() -> int:
-    return 1 + secrets.randbelow(MAX_SEED)      # 1..4294967294
+        self.reason = reason
 
 
 class JobService:
     def __init__(self, store: JobStore, results: ResultStore, wake: threading.Event | None = None,
-                 max_queued: int = 0, max_queued_per_key: int = 0, max_stored_per_key: int = 0):
+                 max_queued: int = 0, max_queued_per_key: int = 0, max_stored_per_key: int = 0,
+                 outcomes: Outcomes | None = None):
         self.store = store
         self.results = results
         self.wake = wake or threading.Event()     # set on submit: idle workers claim at once
+        self.outcomes = outcomes or Outcomes()
         self.max_queued = max_queued              # 0: no limit
         self.max_queued_per_key = max_queued_per_key
         self.max_stored_per_key = max_stored_per_key   # bytes; 0: no limit
 
     def submit(self, owner: str, params: GenerationParams) -> Job:
-        """Queue a generation. Raises QueueFull instead of letting the queue grow without
+        """Queue a generation. Raises SubmitRefused instead of letting the queue grow without
         bound; the store checks the bounds and inserts in one atomic step. The storage bound
         is checked just before: submits racing each other may pass it by their own images."""
         if self.max_stored_per_key:
@@ -77,12 +65,12 @@ class JobService:
                   image=params.image, num_frames=params.num_frames, steps=params.steps,
                   output_fps=params.output_fps, noise_aug_strength=params.noise_aug_strength,
                   output_format=params.output_format, webhook_url=params.webhook_url,
-                  webhook_status="pending" if params.webhook_url else None)
+                  webhook_status=WebhookStatus.PENDING if params.webhook_url else None)
         refused = self.store.create(job, self.max_queued, self.max_queued_per_key)
-        if refused == "owner":
-            raise QueueFull(f"this key already has {self.max_queued_per_key} generations queued")
-        if refused:
-            raise QueueFull(f"the server's queue is full ({self.max_queued} generations)")
+        if refused == Refusal.OWNER:
+            raise SubmitRefused(f"this key already has {self.max_queued_per_key} generations queued")
+        if refused == Refusal.TOTAL:
+            raise SubmitRefused(f"the server's queue is full ({self.max_queued} generations)")
         self.wake.set()
         return job
 
@@ -93,15 +81,18 @@ class JobService:
             return
         limit_mb = self.max_stored_per_key / (1024 * 1024)
         wait = stored.first_expiry - now if stored.first_expiry else None
-        raise QueueFull(f"this key keeps {stored.bytes / (1024 * 1024):.0f} MiB of inputs and "
+        raise SubmitRefused(f"this key keeps {stored.bytes / (1024 * 1024):.0f} MiB of inputs and "
                         f"results on the server (limit {limit_mb:g} MiB) until they expire",
-                        retry_after=wait, reason="storage_full")
+                        retry_after=wait, reason=RefusalReason.STORAGE_FULL)
 
-    def cancel(self, owner: str, job_id: str, ttl_s: float) -> str | None:
-        """See JobStore.cancel; a queued job is cancelled at once, a running one at its next
-        denoising step."""
+    def cancel(self, owner: str, job_id: str, ttl_s: float) -> CancelOutcome | None:
+        """See JobStore.cancel; a queued job is cancelled at once (and its end recorded
+        here), a running one by its worker at its next denoising step."""
         now = time.time()
-        return self.store.cancel(job_id, owner, now, now + ttl_s)
+        outcome = self.store.cancel(job_id, owner, now, now + ttl_s)
+        if outcome == CancelOutcome.CANCELLED:
+            self.outcomes.ended(job_id, JobState.CANCELLED)
+        return outcome
 
     def progress(self, job: Job) -> dict:
         """The optional 202 fields: stage, progress, queue_position, eta_seconds."""

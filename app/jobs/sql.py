@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from sqlalchemy import delete, func, literal, or_, select, text, update
 from sqlalchemy.engine import Engine
 
-from app.jobs.model import FINISHED_STATES, Job, JobState
-from app.jobs.store import CRASHED, Stored
-# The schema and engine live in app/jobs/tables.py; importable from here as well.
-from app.jobs.tables import jobs, make_engine, metadata, results, sqlalchemy_url  # noqa: F401
+from app.jobs.model import FINISHED_STATES, Job, JobState, WebhookStatus
+from app.jobs.store import CRASHED, CancelOutcome, Refusal, Stored, job_batch_key
+from app.jobs.tables import jobs, make_engine
+from inference.base import MIN_GUIDANCE_SCALE
 
 _FIELDS = [c.name for c in jobs.columns if c.name != "image"]
 _SUBMIT_LOCK_ID = 0x5FD5E5     # PostgreSQL advisory lock: bounded submits take turns
@@ -30,6 +30,8 @@ def _same(column, value):
 def _row_to_job(row) -> Job:
     data = dict(row._mapping)
     data["state"] = JobState(data["state"])
+    if data.get("webhook_status") is not None:
+        data["webhook_status"] = WebhookStatus(data["webhook_status"])
     return Job(**data)
 
 
@@ -44,6 +46,8 @@ class SqlJobStore:
     def create(self, job, max_queued=0, max_queued_per_owner=0):
         values = {name: getattr(job, name) for name in _FIELDS}
         values["state"] = job.state.value
+        if job.webhook_status is not None:
+            values["webhook_status"] = WebhookStatus(job.webhook_status).value
         values["image"] = job.image
         if not (max_queued or max_queued_per_owner):
             with self.engine.begin() as c:
@@ -71,8 +75,8 @@ class SqlJobStore:
             if max_queued_per_owner and c.execute(
                     select(func.count()).where(queued, jobs.c.owner == job.owner)
             ).scalar_one() >= max_queued_per_owner:
-                return "owner"
-            return "total"
+                return Refusal.OWNER
+            return Refusal.TOTAL
 
     @staticmethod
     def _announce(c) -> None:
@@ -137,14 +141,14 @@ class SqlJobStore:
     def claim_compatible(self, claimed, worker, now, lease_s, limit):
         if limit <= 0:
             return []
-        # The same one statement as claim, for up to `limit` jobs that fit with `claimed`
-        # (app.jobs.store.compatible).
+        # The same one statement as claim, for up to `limit` jobs whose batch key
+        # (app.jobs.store.job_batch_key) is the claimed one's.
+        key = job_batch_key(claimed)
+        guided = jobs.c.cfg_scale > MIN_GUIDANCE_SCALE      # inference.base.uses_guidance
         fits = (select(jobs.c.id)
-                .where(jobs.c.state == JobState.QUEUED.value, jobs.c.width == claimed.width,
-                       jobs.c.height == claimed.height,
-                       _same(jobs.c.num_frames, claimed.num_frames),
-                       _same(jobs.c.steps, claimed.steps),
-                       jobs.c.cfg_scale > 1.0 if claimed.cfg_scale > 1 else jobs.c.cfg_scale <= 1.0)
+                .where(jobs.c.state == JobState.QUEUED.value, jobs.c.width == key.width,
+                       jobs.c.height == key.height, _same(jobs.c.num_frames, key.frames),
+                       _same(jobs.c.steps, key.steps), guided if key.guided else ~guided)
                 .order_by(jobs.c.created_at, jobs.c.id).limit(limit)
                 .with_for_update(skip_locked=True)
                 # Evaluated once: as a plain IN (subquery), PostgreSQL may run it again for
@@ -193,23 +197,24 @@ class SqlJobStore:
                          .values(state=JobState.CANCELLED.value, finished_at=now,
                                  expires_at=expires_at, image=None)).rowcount:
                 self._changed(c, job_id)
-                return "cancelled"
+                return CancelOutcome.CANCELLED
             if c.execute(update(jobs).where(*mine, jobs.c.state == JobState.RUNNING.value)
                          .values(cancel_requested=True)).rowcount:
-                return "requested"
+                return CancelOutcome.REQUESTED
             state = c.execute(select(jobs.c.state).where(*mine)).scalar()
-        return None if state is None else "finished"
+        return None if state is None else CancelOutcome.FINISHED
 
     def set_webhook_status(self, job_id, status, attempts):
         with self.engine.begin() as c:
             c.execute(update(jobs).where(jobs.c.id == job_id)
-                      .values(webhook_status=status, webhook_attempts=attempts))
+                      .values(webhook_status=WebhookStatus(status).value,
+                              webhook_attempts=attempts))
 
     def pending_webhooks(self, finished_before, limit=100):
         finished = jobs.c.state.in_([s.value for s in FINISHED_STATES])
         with self.engine.connect() as c:
             return list(c.execute(select(jobs.c.id).where(
-                finished, jobs.c.webhook_status == "pending",
+                finished, jobs.c.webhook_status == WebhookStatus.PENDING.value,
                 jobs.c.finished_at < finished_before).limit(limit)).scalars())
 
     def queue_position(self, job):

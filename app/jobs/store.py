@@ -1,4 +1,5 @@
-"""The job store interface, and its in-memory twin for tests that need no real database.
+"""The job store interface (the SQL store in app/jobs/sql.py; its in-memory twin for tests in
+app/jobs/memory.py).
 
 Every state change is conditional on the state (and, once running, on the worker that holds
 the lease), so two workers can never both finish a job and a worker that wakes up after its
@@ -6,12 +7,23 @@ lease expired cannot overwrite anything.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import threading
+import enum
 from typing import NamedTuple, Protocol
 
-from app.jobs.model import Job, JobState
+from app.jobs.model import Job, JobState, WebhookStatus
+from inference.base import batch_key
+
+
+class Refusal(str, enum.Enum):
+    """Why `create` did not insert a job: the queue bound it would pass."""
+    OWNER = "owner"            # the owner's queued jobs
+    TOTAL = "total"            # all queued jobs
+
+
+class CancelOutcome(str, enum.Enum):
+    CANCELLED = "cancelled"    # it was queued: cancelled now
+    REQUESTED = "requested"    # it is running: its worker stops it at the next step
+    FINISHED = "finished"      # too late
 
 
 class Stored(NamedTuple):
@@ -22,10 +34,11 @@ class Stored(NamedTuple):
 
 
 class JobStore(Protocol):
-    def create(self, job: Job, max_queued: int = 0, max_queued_per_owner: int = 0) -> str | None:
+    def create(self, job: Job, max_queued: int = 0,
+               max_queued_per_owner: int = 0) -> Refusal | None:
         """Insert a queued job, unless that would put more than `max_queued` jobs in the queue
         or more than `max_queued_per_owner` of its owner's (0 = no bound). Check and insert
-        are one atomic step. Returns None when inserted, else "owner" or "total"."""
+        are one atomic step. Returns None when inserted, else the bound it would pass."""
 
     def get(self, job_id: str, with_image: bool = False) -> Job | None: ...
 
@@ -49,11 +62,12 @@ class JobStore(Protocol):
                      total_steps: int | None = None) -> bool:
         """False when the job is no longer ours, or its owner asked to cancel it."""
 
-    def cancel(self, job_id: str, owner: str, now: float, expires_at: float) -> str | None:
-        """A queued job → cancelled ("cancelled"); a running one gets a cancel request
-        ("requested"); "finished" when too late; None when not the owner's or unknown."""
+    def cancel(self, job_id: str, owner: str, now: float,
+               expires_at: float) -> CancelOutcome | None:
+        """A queued job → cancelled; a running one gets a cancel request; None when not the
+        owner's or unknown."""
 
-    def set_webhook_status(self, job_id: str, status: str, attempts: int) -> None: ...
+    def set_webhook_status(self, job_id: str, status: WebhookStatus, attempts: int) -> None: ...
 
     def pending_webhooks(self, finished_before: float, limit: int = 100) -> list[str]:
         """Ids of finished jobs whose webhook was never delivered nor given up on."""
@@ -100,207 +114,11 @@ class JobStore(Protocol):
 CRASHED = "the worker stopped while running this job {n} times; giving up"
 
 
+def job_batch_key(job: Job):
+    """The job's inference.base.BatchKey: jobs with equal keys can share one generator call
+    (frames and steps unset, the model's default, only match unset)."""
+    return batch_key(job.width, job.height, job.num_frames, job.steps, job.cfg_scale)
+
+
 def compatible(a: Job, b: Job) -> bool:
-    """Whether two jobs can run in one batch: same size, frames and steps (unset only
-    matches unset), and classifier-free guidance on for both (cfg_scale > 1) or off for both."""
-    return ((a.width, a.height, a.num_frames, a.steps) == (b.width, b.height, b.num_frames, b.steps)
-            and (a.cfg_scale > 1) == (b.cfg_scale > 1))
-
-
-class MemoryJobStore:
-    """Same semantics as the SQL store, in a dict; a lock makes each call atomic."""
-
-    def __init__(self):
-        self._jobs: dict[str, Job] = {}
-        self._lock = threading.Lock()
-
-    def create(self, job, max_queued=0, max_queued_per_owner=0):
-        with self._lock:
-            queued = [j for j in self._jobs.values() if j.state == JobState.QUEUED]
-            if max_queued_per_owner and \
-                    sum(j.owner == job.owner for j in queued) >= max_queued_per_owner:
-                return "owner"
-            if max_queued and len(queued) >= max_queued:
-                return "total"
-            self._jobs[job.id] = copy.copy(job)
-            return None
-
-    def get(self, job_id, with_image=False):
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return None
-            out = copy.copy(job)
-            if not with_image:
-                out.image = None
-            return out
-
-    def get_many(self, job_ids):
-        with self._lock:
-            out = {i: copy.copy(self._jobs[i]) for i in set(job_ids) if i in self._jobs}
-        for job in out.values():
-            job.image = None
-        return out
-
-    def claim(self, worker, now, lease_s):
-        with self._lock:
-            queued = [j for j in self._jobs.values() if j.state == JobState.QUEUED]
-            if not queued:
-                return None
-            job = min(queued, key=lambda j: (j.created_at, j.id))
-            return self._take(job, worker, now, lease_s)
-
-    def claim_compatible(self, claimed, worker, now, lease_s, limit):
-        with self._lock:
-            fits = sorted((j for j in self._jobs.values()
-                           if j.state == JobState.QUEUED and compatible(j, claimed)),
-                          key=lambda j: (j.created_at, j.id))
-            return [self._take(j, worker, now, lease_s) for j in fits[:max(limit, 0)]]
-
-    @staticmethod
-    def _take(job, worker, now, lease_s):
-        job.state, job.worker, job.lease_until = JobState.RUNNING, worker, now + lease_s
-        job.attempts += 1
-        job.started_at = now
-        return copy.copy(job)
-
-    def _held(self, claimed):
-        job = self._jobs.get(claimed.id)
-        if (job and job.state == JobState.RUNNING and job.worker == claimed.worker
-                and job.attempts == claimed.attempts):
-            return job
-        return None
-
-    def heartbeat(self, claimed, lease_until):
-        with self._lock:
-            job = self._held(claimed)
-            if job:
-                job.lease_until = lease_until
-            return job is not None
-
-    def set_progress(self, claimed, progress, step=None, total_steps=None):
-        with self._lock:
-            job = self._held(claimed)
-            if job and not job.cancel_requested:
-                job.progress = progress
-                if step is not None:
-                    job.step, job.total_steps = step, total_steps
-                return True
-            return False
-
-    def cancel(self, job_id, owner, now, expires_at):
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.owner != owner:
-                return None
-            if job.state == JobState.QUEUED:
-                job.state, job.finished_at, job.expires_at = JobState.CANCELLED, now, expires_at
-                job.image = None
-                return "cancelled"
-            if job.state == JobState.RUNNING:
-                job.cancel_requested = True
-                return "requested"
-            return "finished"
-
-    def set_webhook_status(self, job_id, status, attempts):
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job:
-                job.webhook_status, job.webhook_attempts = status, attempts
-
-    def pending_webhooks(self, finished_before, limit=100):
-        with self._lock:
-            return [j.id for j in self._jobs.values() if j.state.finished
-                    and j.webhook_status == "pending" and (j.finished_at or 0) < finished_before][:limit]
-
-    def queue_position(self, job):
-        with self._lock:
-            return 1 + sum(1 for j in self._jobs.values() if j.state == JobState.QUEUED
-                           and (j.created_at, j.id) < (job.created_at, job.id))
-
-    def recent_run_seconds(self, limit=20):
-        with self._lock:
-            done = sorted((j for j in self._jobs.values() if j.state == JobState.SUCCEEDED),
-                          key=lambda j: j.finished_at, reverse=True)[:limit]
-            return sum(j.finished_at - j.started_at for j in done) / len(done) if done else None
-
-    def finish(self, claimed, state, now, expires_at, *, error=None, finish_reason=None,
-               result_key=None, result_bytes=None):
-        with self._lock:
-            job = self._held(claimed)
-            if not job:
-                return False
-            self._finish(job, state, now, expires_at, error, finish_reason, result_key)
-            job.result_bytes = result_bytes
-            return True
-
-    @staticmethod
-    def _finish(job, state, now, expires_at, error=None, finish_reason=None, result_key=None):
-        job.state, job.finished_at, job.expires_at = state, now, expires_at
-        job.error, job.finish_reason, job.result_key = error, finish_reason, result_key
-        job.lease_until, job.image = None, None
-        if state == JobState.SUCCEEDED:
-            job.progress = 1.0
-
-    def release(self, claimed):
-        with self._lock:
-            job = self._held(claimed)
-            if job:
-                job.state, job.worker, job.lease_until = JobState.QUEUED, None, None
-            return job is not None
-
-    def _requeue(self, jobs, max_attempts, now, expires_at):
-        for job in jobs:
-            if job.attempts >= max_attempts:
-                self._finish(job, JobState.FAILED, now, expires_at,
-                             error=CRASHED.format(n=max_attempts))
-            else:
-                job.state, job.worker, job.lease_until = JobState.QUEUED, None, None
-        return len(jobs)
-
-    def requeue_expired(self, now, max_attempts, expires_at):
-        with self._lock:
-            stale = [j for j in self._jobs.values()
-                     if j.state == JobState.RUNNING and (j.lease_until or 0) < now]
-            return self._requeue(stale, max_attempts, now, expires_at)
-
-    def requeue_worker(self, worker, max_attempts, now, expires_at):
-        with self._lock:
-            mine = [j for j in self._jobs.values()
-                    if j.state == JobState.RUNNING and j.worker == worker]
-            return self._requeue(mine, max_attempts, now, expires_at)
-
-    def expired(self, now, limit=100):
-        with self._lock:
-            done = [copy.copy(j) for j in self._jobs.values()
-                    if j.expires_at is not None and j.expires_at < now]
-            for j in done:
-                j.image = None
-            return done[:limit]
-
-    def delete(self, job_id):
-        with self._lock:
-            self._jobs.pop(job_id, None)
-
-    def stored(self, owner, now):
-        with self._lock:
-            mine = [j for j in self._jobs.values() if j.owner == owner
-                    and (j.expires_at is None or j.expires_at >= now)]
-            size = sum((j.result_bytes or 0) + len(j.image or b"") for j in mine)
-            expiries = [j.expires_at for j in mine if j.expires_at is not None]
-            return Stored(size, min(expiries) if expiries else None)
-
-    def count(self, state, owner=None):
-        with self._lock:
-            return sum(1 for j in self._jobs.values()
-                       if j.state == state and (owner is None or j.owner == owner))
-
-    @contextlib.contextmanager
-    def exclusive(self, name):
-        yield True
-
-    def checkpoint(self):
-        pass
-
-    def close(self):
-        pass
+    return job_batch_key(a) == job_batch_key(b)

@@ -6,7 +6,7 @@ import time
 
 from app.config import Settings
 from app.logs import kv
-from app.storage import ResultStore
+from app.results.base import ResultStore
 
 log = logging.getLogger(__name__)
 BATCH = 100

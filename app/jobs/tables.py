@@ -52,7 +52,7 @@ jobs = Table(
     Index("ix_jobs_owner_state", "owner", "state"),
 )
 
-# Result bytes when SVD_RESULT_STORE=database (app/storage_db.py): any API process can then
+# Result bytes when SVD_RESULT_STORE=database (app/results/database.py): any API process can then
 # serve any video. Keyed like the files of the file store.
 results = Table(
     "results", metadata,

@@ -1,13 +1,13 @@
 """The worker: claims jobs, runs them, stores the MP4s, records the outcomes.
 
 The same code runs as a thread inside `serve` and, scaled out, in worker processes. It holds
-each job under a lease that a heartbeat thread extends; if this process dies, the lease runs
+each job under a lease that one heartbeat loop extends (app/jobs/held.py); if this process dies, the lease runs
 out and the job is claimed again (at most `max_attempts` times). torch is only imported by
 the generator factory, inside the worker thread.
 
 - Batching (`max_batch` > 1): queued jobs compatible with the one claimed (same size, frames,
   steps, guidance on or off) are claimed with it and run in one generator call
-  (app/jobs/generation.py).
+  (app/jobs/generator_call.py).
 - Overlap (`overlap`): the generator never waits for the rest of a job. Encoding, storing and
   recording a video happen on the finisher's thread (app/jobs/finisher.py) while the next job
   generates, and the next job (or batch) is claimed and its image decoded while the current
@@ -16,21 +16,24 @@ the generator factory, inside the worker thread.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from app.content_filter import load_filter
+from app.jobs.content_filter import load_filter
 from app.jobs.failures import crash_here, describe_failure
 from app.jobs.finisher import Finisher
-from app.jobs.generation import Generation
-from app.jobs.held import Held, Holder
+from app.jobs.generator_call import GeneratorCall
+from app.jobs.held import AbortReason, Held, Holder
 from app.jobs.model import JobState
+from app.jobs.outcomes import Outcomes
 from app.jobs.store import JobStore
 from app.logs import kv
-from app.storage import ResultStore
+from app.results.base import ResultStore
+from inference.base import VideoGenerator
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class WorkerConfig:
     output_fps: int = 7
     idle_poll_s: float = 1.0          # fallback when no wake-up arrives
     crash_at: str = ""                # fault hook for tests: "", queued, denoise, encode, write
-    content_filter: str = ""          # package.module:function; see app/content_filter.py
+    content_filter: str = ""          # package.module:function; see app/jobs/content_filter.py
     overlap: bool = True              # finish a video while the next one generates
     max_batch: int = 1                # compatible queued jobs run in one generator call
 
@@ -58,12 +61,32 @@ class WorkerConfig:
                    overlap=settings.overlap, max_batch=settings.max_batch)
 
 
+class Life(str, enum.Enum):
+    """A worker's life. LOADING → READY → DRAINING → STOPPING, or LOADING → FAILED; a stop
+    may come at any point. It only ever moves forward."""
+    LOADING = "loading"      # the model is loading
+    READY = "ready"          # claims and runs jobs
+    DRAINING = "draining"    # claims nothing new; the jobs in hand finish
+    STOPPING = "stopping"    # a job generating goes back to the queue; the thread ends
+    FAILED = "failed"        # the model could not be loaded; the thread has ended
+
+
+class Activity(str, enum.Enum):
+    """What the worker thread does right now."""
+    IDLE = "idle"
+    CLAIMING = "claiming"    # a claim is under way: a drain waits for its outcome
+    GENERATING = "generating"
+
+
+_ORDER = list(Life)
+
+
 class Worker:
-    def __init__(self, name: str, store: JobStore, results: ResultStore,
-                 generator_factory: Callable[[], object], config: WorkerConfig,
-                 wake: threading.Event | None = None,
+    def __init__(self, name: str, *, store: JobStore, results: ResultStore,
+                 generator_factory: Callable[[], VideoGenerator],
+                 config: WorkerConfig = WorkerConfig(), wake: threading.Event | None = None,
                  on_fatal: Callable[[BaseException], None] | None = None, metrics=None,
-                 on_finished: Callable[[str], None] | None = None):
+                 outcomes: Outcomes | None = None):
         self.name = name
         self.store = store
         self.results = results
@@ -72,33 +95,66 @@ class Worker:
         self.wake = wake or threading.Event()
         self.on_fatal = on_fatal
         self.metrics = metrics
-        self.stopping = threading.Event()   # stop now; jobs in hand go back to the queue
-        self.draining = threading.Event()   # claim nothing new; let the jobs in hand finish
-        self.ready = threading.Event()
-        self.generator = None
-        self.holder = Holder(name, store, config, self.stopping, metrics, on_finished)
+        self.life = Life.LOADING
+        self.activity = Activity.IDLE
+        self._life_lock = threading.Lock()
+        self._stopped = threading.Event()        # set with Life.STOPPING: ends the waits
+        self.generator: VideoGenerator | None = None
+        self.holder = Holder(name, store, config, self.is_stopping, metrics,
+                             outcomes or Outcomes(metrics))
         self.finisher = Finisher(self.holder, results, config, load_filter(config.content_filter))
         self._thread: threading.Thread | None = None
-        self._current: list[Held] | None = None    # generating now
         self._next: list[Held] | None = None       # prefetched: claimed, image decoded
         self._prefetch: threading.Thread | None = None
         self._last_requeue = 0.0
 
     @property
+    def loaded(self) -> bool:
+        """The model is loaded (the worker may be draining or stopping since)."""
+        return self.generator is not None and self.life != Life.FAILED
+
+    @property
     def busy(self) -> bool:
-        """A job is in hand: generating, prefetched, or its video still being finished."""
-        return self._current is not None or self._next is not None or self.finisher.pending > 0
+        """A job is in hand: being claimed or generated, prefetched, or its video still
+        being finished."""
+        return (self.activity != Activity.IDLE or self._next is not None
+                or self.finisher.pending > 0)
+
+    def is_stopping(self) -> bool:
+        return self.life == Life.STOPPING
+
+    def _claims_allowed(self) -> bool:
+        return self.life == Life.READY
+
+    def _move(self, life: Life) -> bool:
+        """Move forward to `life` (never back); False when already there or past it."""
+        with self._life_lock:
+            if _ORDER.index(life) <= _ORDER.index(self.life) or self.life == Life.FAILED:
+                return False
+            self.life = life
+        if life == Life.STOPPING:
+            self._stopped.set()
+            self.wake.set()
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"worker-{self.name}", daemon=True)
         self._thread.start()
 
+    def drain(self) -> None:
+        """Claim nothing new; let the jobs in hand finish (a prefetched one goes back)."""
+        self._move(Life.DRAINING)
+
+    def stop_soon(self) -> None:
+        """A job generating stops at its next step and goes back to the queue; returns at
+        once (see `stop` to wait)."""
+        self._move(Life.STOPPING)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; a job generating stops at its next step and goes back to the
         queue, a prefetched one goes back at once, videos being finished are finished."""
-        self.stopping.set()
-        self.wake.set()
+        self.stop_soon()
         if self._thread is not None:
             self._thread.join(timeout)
         else:                                # driven by run_once (tests, benchmarks)
@@ -112,19 +168,22 @@ class Worker:
     def run(self) -> None:
         try:
             t0 = time.monotonic()
-            self.generator = self.factory()
+            generator = self.factory()
             log.info(kv(event="worker_ready", worker=self.name, load_s=time.monotonic() - t0,
-                        model=getattr(self.generator, "description", "?")))
+                        model=getattr(generator, "description", "?")))
         except BaseException as exc:            # noqa: BLE001 - reported, then the server stops
             log.critical("worker %s could not load the model: %s", self.name, exc)
+            with self._life_lock:
+                self.life = Life.FAILED
             if self.on_fatal:
                 self.on_fatal(exc)
             return
-        self.ready.set()
-        while not self.stopping.is_set():
-            if self.draining.is_set():
+        self.generator = generator
+        self._move(Life.READY)                   # unless a drain or stop came first
+        while not self.is_stopping():
+            if not self._claims_allowed():       # draining
                 self._release_next()
-                self.stopping.wait(0.2)
+                self._stopped.wait(0.2)
                 continue
             try:
                 if not self.run_once():
@@ -134,7 +193,7 @@ class Worker:
                 log.exception("worker %s: unexpected error; retrying in 1 s", self.name)
                 if self.metrics is not None:
                     self.metrics.worker_restarts.labels("error").inc()
-                time.sleep(1.0)
+                self._stopped.wait(1.0)
         self._release_next()
         self.finisher.close()
 
@@ -143,25 +202,24 @@ class Worker:
         """Run the prefetched job(s), or claim and run a job (with compatible ones up to
         `max_batch`). False when there was nothing to do. With overlap, the videos may still
         be being finished when this returns (see `wait_finished`)."""
-        if self.stopping.is_set() or self.draining.is_set():
+        if self.life == Life.LOADING and self.generator is not None:
+            self._move(Life.READY)      # driven by run_once with its generator set (tests)
+        if not self._claims_allowed():
             self._release_next()
             return False
         batch = self._next
-        if batch is None:
-            self._current = []             # busy while claiming: a drain waits for the claim
-            try:
+        try:
+            if batch is None:
+                self.activity = Activity.CLAIMING
                 batch = self._claim()
                 for held in batch:
                     held.prepare()
-            finally:
-                self._current = batch or None
-        if not batch:
-            return False
-        self._current, self._next = batch, None
-        try:
+            if not batch:
+                return False
+            self.activity, self._next = Activity.GENERATING, None
             self._generate(batch)
         finally:
-            self._current = None
+            self.activity = Activity.IDLE
         return True
 
     def _generate(self, batch: list[Held]) -> None:
@@ -176,8 +234,8 @@ class Worker:
         t0 = time.monotonic()
         for held in ready:
             held.t0 = t0
-        generation = Generation(self.generator, self.holder, self.stopping, self.cfg.crash_at,
-                                self.metrics, self._start_prefetch)
+        generation = GeneratorCall(self.generator, self.holder, self.cfg.crash_at, self.metrics,
+                                   self._start_prefetch)
         videos = []
         try:
             videos = generation.run(ready) if ready else []
@@ -206,7 +264,7 @@ class Worker:
         if job is None:
             return []
         batch = [self._hold(job, now)]
-        if self.cfg.max_batch > 1 and hasattr(self.generator, "generate_batch"):
+        if self.cfg.max_batch > 1 and self.generator.can_batch:
             try:
                 more = self.store.claim_compatible(job, self.name, now, self.cfg.lease_s,
                                                    self.cfg.max_batch - 1)
@@ -226,7 +284,7 @@ class Worker:
     def _start_prefetch(self) -> None:
         """The last denoising step is done (VAE decode next): claim and decode the next job."""
         if (not self.cfg.overlap or self._prefetch is not None or self._next is not None
-                or self.stopping.is_set() or self.draining.is_set()):
+                or not self._claims_allowed()):
             return
         self._prefetch = threading.Thread(target=self._prefetch_run, daemon=True,
                                           name=f"prefetch-{self.name}")
@@ -251,7 +309,7 @@ class Worker:
         """Hand a prefetched, not yet started job (or batch) back to the queue."""
         batch = self._next
         for held in batch or []:
-            held.abort_reason = "stopping"
+            held.abort_reason = AbortReason.STOPPING
             self.holder.stopped(held)
             held.close()
         self._next = None

@@ -1,7 +1,7 @@
 """Alembic environment: the connection comes from app.jobs.migrate, never from a .ini URL."""
 from alembic import context
 
-from app.jobs.sql import metadata
+from app.jobs.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata,

@@ -7,8 +7,8 @@ import time
 import httpx
 
 from tests.api.test_start import assert_error, start
-from tests.conftest import KEY_A, KEY_B, running_server, wait_done
 from tests.fakes import FakeGenerator
+from tests.helpers import KEY_A, KEY_B, running_server, wait_done
 
 RESULT = "/v2beta/image-to-video/result/"
 

@@ -5,10 +5,9 @@ import httpx
 import numpy as np
 import pytest
 
-from app.content_filter import load_filter
+from app.jobs.content_filter import load_filter
 from tests.api.test_start import start
-from tests.conftest import KEY_A, running_server, wait_done
-from tests.helpers import decode_frames
+from tests.helpers import KEY_A, decode_frames, running_server, wait_done
 
 
 def test_flagged_videos_are_content_filtered_and_black(tmp_path):

@@ -37,9 +37,8 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                status_code_conformance)
 
 from app.main import create_app
-from tests.conftest import KEY_A, make_settings, running_server
 from tests.fakes import FakeGenerator
-from tests.helpers import ServerThread, png_bytes
+from tests.helpers import KEY_A, ServerThread, make_settings, png_bytes, running_server
 
 SPEC = Path(__file__).resolve().parent.parent / "data" / "stability-svd-openapi.yml"
 START = "/v2beta/image-to-video"

@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import text
 
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.sql import SqlJobStore, make_engine
-from app.jobs.store import MemoryJobStore
+from app.jobs.sql import SqlJobStore
+from app.jobs.tables import make_engine
+from app.jobs.memory import MemoryJobStore
 from tests.api.test_start import assert_error, start
-from tests.conftest import KEY_A, KEY_B, running_server
 from tests.fakes import FakeGenerator
-from tests.helpers import sqlite_job_store
+from tests.helpers import KEY_A, KEY_B, running_server, sqlite_job_store
 
 RESULT = "/v2beta/image-to-video/result/"
 

@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.api.test_start import assert_error, start
-from tests.conftest import KEY_A, running_server, wait_done
-from tests.helpers import inspect_mp4, png_bytes
+from tests.helpers import KEY_A, inspect_mp4, png_bytes, running_server, wait_done
 
 
 def test_frames_steps_fps_and_noise_reach_the_model_and_the_file(client, server):

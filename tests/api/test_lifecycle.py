@@ -9,9 +9,8 @@ import httpx
 from app.config import Settings
 from app.main import create_app
 from tests.api.test_start import start
-from tests.conftest import KEY_A, make_settings
 from tests.fakes import FakeGenerator
-from tests.helpers import ServerThread
+from tests.helpers import KEY_A, ServerThread, make_settings
 
 
 def test_readyz_is_503_until_the_model_is_loaded(tmp_path):

@@ -7,9 +7,8 @@ import httpx
 
 from app.api.limits import RateLimiter
 from tests.api.test_start import assert_error, start
-from tests.conftest import KEY_A, KEY_B, running_server
 from tests.fakes import FakeGenerator
-from tests.helpers import jpeg_bytes, png_bytes
+from tests.helpers import KEY_A, KEY_B, jpeg_bytes, png_bytes, running_server
 
 
 def test_limiter_slides_and_blocks_no_longer_than_the_window():

@@ -6,7 +6,7 @@ import re
 import httpx
 
 from tests.api.test_start import assert_error, start
-from tests.conftest import KEY_A, running_server, wait_done
+from tests.helpers import KEY_A, running_server, wait_done
 
 
 def test_request_id_is_echoed_or_made_and_errors_carry_it(client):

@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import text
 
 from app.jobs import migrate
-from app.jobs.sql import SqlJobStore, make_engine
+from app.jobs.sql import SqlJobStore
+from app.jobs.tables import make_engine
 from app.jobs.sweeper import sweep
 from tests.api.test_start import assert_error, start
-from app.stores import open_job_store
-from tests.conftest import KEY_A, KEY_B, make_settings, running_server, wait_done
-from tests.helpers import inspect_mp4
+from app.backend import open_job_store
+from tests.helpers import KEY_A, KEY_B, inspect_mp4, make_settings, running_server, wait_done
 
 
 def test_generate_poll_and_serve_from_the_database(tmp_path, pg):
@@ -72,7 +72,7 @@ def test_only_one_process_sweeps_at_a_time(pg):
 def test_migrations_from_many_processes_at_once(postgres_url):
     from sqlalchemy import create_engine
 
-    from app.jobs.sql import sqlalchemy_url
+    from app.jobs.tables import sqlalchemy_url
     admin = create_engine(sqlalchemy_url(postgres_url), isolation_level="AUTOCOMMIT")
     base = postgres_url.rsplit("/", 1)[0]
     name = "svd_migrate_race"

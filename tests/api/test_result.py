@@ -10,9 +10,8 @@ import pytest
 
 from app.jobs.sweeper import sweep
 from tests.api.test_start import URL, assert_error, start
-from tests.conftest import KEY_B, running_server, wait_done
 from tests.fakes import FakeGenerator
-from tests.helpers import inspect_mp4, jpeg_bytes
+from tests.helpers import KEY_B, inspect_mp4, jpeg_bytes, running_server, wait_done
 
 RESULT = URL + "/result/"
 

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from app.jobs.model import JobState
-from tests.conftest import KEY_A, wait_done
-from tests.helpers import jpeg_bytes, png_bytes
+from tests.helpers import KEY_A, jpeg_bytes, png_bytes, wait_done
 
 URL = "/v2beta/image-to-video"
 

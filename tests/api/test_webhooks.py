@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.store import MemoryJobStore
+from app.jobs.memory import MemoryJobStore
 from app.webhooks import WebhookSender, host_allowed, sign, verify
 from tests.api.test_start import assert_error, start
-from tests.conftest import KEY_A, running_server, wait_done
 from tests.fakes import FakeGenerator
+from tests.helpers import KEY_A, running_server, wait_done
 
 
 class Receiver:

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import skip_or_fail
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, skip_or_fail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]   # server start + browser run
 

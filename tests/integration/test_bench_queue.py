@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PG_ADMIN_URL, skip_or_fail
-from tests.helpers import run_bench
+from tests.helpers import PG_ADMIN_URL, run_bench, skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +12,7 @@ def _databases() -> set[str]:
     """The databases at PG_ADMIN_URL; skip (fail under CI=true) without PostgreSQL."""
     from sqlalchemy import create_engine, text
 
-    from app.jobs.sql import sqlalchemy_url
+    from app.jobs.tables import sqlalchemy_url
     engine = create_engine(sqlalchemy_url(PG_ADMIN_URL), connect_args={"connect_timeout": 5})
     try:
         with engine.connect() as c:

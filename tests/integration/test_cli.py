@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from app.jobs.service import MAX_SEED
+from app.jobs.params import MAX_SEED
 from tests.helpers import ROOT, ServerProcess, inspect_mp4, png_bytes
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, free_port, inspect_mp4, png_bytes
+from app.child_process import free_port
+from tests.helpers import ServerProcess, inspect_mp4, png_bytes
 
 pytestmark = pytest.mark.slow
 KEY = "crash-key"

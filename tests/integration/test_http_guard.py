@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from app import http_guard
-from tests.conftest import KEY_A, running_server
-from tests.helpers import png_bytes
+from tests.helpers import KEY_A, png_bytes, running_server
 
 CAP = 8 * 1024          # SVD_MAX_HEADER_KB=8
 TIMEOUT_S = 1.0         # SVD_REQUEST_TIMEOUT_S

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.child_process import free_port
 from inference.base import GenerationRequest
 from inference.loader import ModelChoice, ModelUnavailable, load_generator, resolve_model
-from tests.helpers import ROOT, ServerProcess, free_port
+from tests.helpers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from app.child_process import popen_kwargs
+from app.child_process import free_port, popen_kwargs
 from app.jobs import migrate
-from app.jobs.sql import make_engine
+from app.jobs.tables import make_engine
 from tests.helpers import ROOT, ServerProcess, inspect_mp4, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,6 @@ def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(t
                                                                                postgres_url):
     import signal
 
-    from tests.helpers import free_port
     engine = make_engine(postgres_url)
     migrate.upgrade(engine)
     engine.dispose()

@@ -5,8 +5,9 @@ import pytest
 from sqlalchemy import text
 
 from app.jobs import migrate
-from app.jobs.sql import SqlJobStore, make_engine
-from app.jobs.store import MemoryJobStore
+from app.jobs.sql import SqlJobStore
+from app.jobs.tables import make_engine
+from app.jobs.memory import MemoryJobStore
 from tests.helpers import sqlite_job_store
 
 

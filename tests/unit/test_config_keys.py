@@ -45,7 +45,7 @@ def test_keys_that_could_never_authenticate_are_refused_at_start(keys):
 
 
 def test_a_refused_key_is_not_echoed(capsys):
-    from app.cli import load_settings
+    from app.config import load_settings
     assert load_settings(api_keys="fine-key,s\u00e9cret-key") is None
     err = capsys.readouterr().err
     assert "SVD_API_KEYS" in err and "key number 2" in err

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.sql import make_engine, metadata
+from app.jobs.tables import make_engine, metadata
 
 T0 = 1_000_000.0
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.store import MemoryJobStore
+from app.jobs.memory import MemoryJobStore
 from app.jobs.worker import Worker, WorkerConfig
-from app.storage import FileResultStore
+from app.results.files import FileResultStore
 from tests.fakes import FakeGenerator
 from tests.helpers import inspect_mp4, png_bytes
 
@@ -29,7 +29,8 @@ def make(tmp_path, gen, **cfg):
     store = MemoryJobStore()
     results = FileResultStore(tmp_path / "results")
     cfg.setdefault("overlap", OVERLAP["on"])
-    worker = Worker("w0", store, results, lambda: gen, WorkerConfig(**cfg))
+    worker = Worker("w0", store=store, results=results, generator_factory=lambda: gen,
+                    config=WorkerConfig(**cfg))
     worker.generator = gen
     return store, results, worker
 
@@ -91,7 +92,7 @@ def test_stopping_hands_the_running_job_back(tmp_path):
     runner = threading.Thread(target=run_job, args=(worker,))
     runner.start()
     time.sleep(0.3)
-    worker.stopping.set()
+    worker.stop_soon()
     runner.join(5)
     got = store.get(j.id)
     assert got.state == JobState.QUEUED and got.worker is None

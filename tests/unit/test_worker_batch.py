@@ -11,9 +11,10 @@ from sqlalchemy import text
 from app.config import Settings
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.sql import SqlJobStore, make_engine
+from app.jobs.sql import SqlJobStore
+from app.jobs.tables import make_engine
 from app.jobs.worker import Worker, WorkerConfig
-from app.storage import FileResultStore
+from app.results.files import FileResultStore
 from tests.fakes import FakeGenerator
 from tests.helpers import inspect_mp4, png_bytes, sqlite_job_store
 
@@ -29,8 +30,8 @@ def store(tmp_path):
 
 def make_worker(tmp_path, store, gen, name="w0", **cfg) -> Worker:
     cfg.setdefault("max_batch", 4)
-    worker = Worker(name, store, FileResultStore(tmp_path / name), lambda: gen,
-                    WorkerConfig(idle_poll_s=0.05, **cfg))
+    worker = Worker(name, store=store, results=FileResultStore(tmp_path / name),
+                    generator_factory=lambda: gen, config=WorkerConfig(idle_poll_s=0.05, **cfg))
     worker.generator = gen
     return worker
 
@@ -249,3 +250,27 @@ def test_concurrent_batch_claims_never_share_a_job(request, tmp_path, backend):
         t.join()
     assert len(got) == len(set(got)) == 60
     s.close()
+
+
+def test_one_heartbeat_loop_keeps_every_lease_of_a_batch(tmp_path, store):
+    gen = FakeGenerator(step_delay=0.1)
+    worker = make_worker(tmp_path, store, gen, lease_s=0.5, heartbeat_s=0.1)
+    jobs = [add(store, seed=30 + i, created=T0 + i, steps=15) for i in range(4)]   # ~1.5 s
+    requeued, beating, done = [], [], threading.Event()
+
+    def watch():                              # what the sweeper and other workers do
+        while not done.is_set():
+            requeued.append(store.requeue_expired(time.time(), 3, time.time() + 60))
+            beating.append(sum(t.name == "heartbeat-w0" for t in threading.enumerate()))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    drain_queue(worker)
+    done.set()
+    t.join()
+    assert [seeds(b) for b in gen.batches] == [[30, 31, 32, 33]]
+    assert sum(requeued) == 0 and len(requeued) > 10
+    assert max(beating) == 1                  # one thread for the four leases
+    assert all(store.get(j.id).state == JobState.SUCCEEDED and store.get(j.id).attempts == 1
+               for j in jobs)

@@ -11,10 +11,11 @@ import pytest
 from app.config import Settings
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
-from app.jobs.sql import SqlJobStore, make_engine
+from app.jobs.sql import SqlJobStore
+from app.jobs.tables import make_engine
 from app.jobs.worker import Worker, WorkerConfig
 from app.runtime import Runtime
-from app.storage import FileResultStore
+from app.results.files import FileResultStore
 from inference.encode import encode_video
 from tests.fakes import FakeGenerator
 from tests.helpers import inspect_mp4, png_bytes
@@ -30,8 +31,8 @@ def store(tmp_path):
 
 
 def make_worker(tmp_path, store, gen, **cfg) -> Worker:
-    worker = Worker("w0", store, FileResultStore(tmp_path / "results"), lambda: gen,
-                    WorkerConfig(idle_poll_s=0.05, **cfg))
+    worker = Worker("w0", store=store, results=FileResultStore(tmp_path / "results"),
+                    generator_factory=lambda: gen, config=WorkerConfig(idle_poll_s=0.05, **cfg))
     worker.generator = gen
     return worker
 

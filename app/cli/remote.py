@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from app.client_cli import Bar, Failed, write_atomic
+from app.cli.console import Bar, Failed, write_atomic
 
 POLL_INTERVAL_S = 0.5
 
 
 def _api_key(args, settings) -> str:
-    if args.api_key:
-        return args.api_key.strip()
+    if args.api_key or settings.api_key:
+        return (args.api_key or settings.api_key).strip()
     try:
         key = (settings.data_dir / "api_key").read_text().strip()
     except OSError:
@@ -58,13 +58,13 @@ def _stage(body: dict) -> tuple[str, float | None, str]:
     return stage, progress, ", ".join(parts)
 
 
-def generate_remote(args, settings, data: bytes, out: Path, bar: Bar) -> str:
-    """POST, poll every 0.5 s, save the MP4; returns the server's seed header."""
+def generate_remote(server: str, args, settings, data: bytes, out: Path, bar: Bar) -> str:
+    """POST to `server`, poll every 0.5 s, save the MP4; returns the server's seed header."""
     try:
         import httpx
     except ImportError:
         raise Failed("--server needs httpx: pip install httpx", 2) from None
-    base = args.server.rstrip("/")
+    base = server.rstrip("/")
     headers = {"authorization": f"Bearer {_api_key(args, settings)}"}
     form = {"seed": str(args.seed), "cfg_scale": str(args.cfg_scale),
             "motion_bucket_id": str(args.motion_bucket_id)}

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from app.config import load_settings
+
 GIB = 1024 ** 3
 MIN_VRAM_GIB = 16          # SVD-XT at full speed; lower-memory settings get by with less
 MIN_DISK_GIB = 5
@@ -175,7 +177,7 @@ def check_database(r: Report, settings) -> None:
     from sqlalchemy.engine import make_url
 
     from app.jobs.migrate import SchemaTooNew, check_not_newer, current_revision, head_revision
-    from app.jobs.sql import sqlalchemy_url
+    from app.jobs.tables import sqlalchemy_url
     url = sqlalchemy_url(settings.resolved_database_url)
     shown = make_url(url).render_as_string(hide_password=True)
     head = head_revision()
@@ -248,8 +250,12 @@ def check_keys(r: Report, settings) -> None:
         r.line("OK", "API keys", f"one key in {path} (mode 0600)")
 
 
-def run_doctor() -> int:
-    from app.cli import load_settings
+def add_parser(sub) -> None:
+    doctor = sub.add_parser("doctor", help="check GPU, model, weights, encoder, database, disk, keys")
+    doctor.set_defaults(func=run)
+
+
+def run(args=None) -> int:
     r = Report()
     py = sys.version_info
     r.line("OK" if py >= (3, 10) else "FAIL", "python", f"{sys.version.split()[0]} ({sys.executable})",

@@ -14,24 +14,48 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
-from app.config import Settings
-from app.jobs.notify import Listener
-from app.jobs.worker import Worker, WorkerConfig
-from app.logs import kv
+from app.backend import Backend
+from app.config import Settings, load_settings
+from app.logs import configure_logging, kv
 from app.metrics import Metrics
 from app.runtime import Runtime
-from app.stores import open_job_store, open_result_store
-from app.webhooks import WebhookSender, load_secret
 
 log = logging.getLogger("svd.worker")
 RESTART_BACKOFF_S = 5.0
 
 
+def add_parser(sub) -> None:
+    worker = sub.add_parser("worker", help="run a worker only (no HTTP API), sharing the "
+                                           "queue through SVD_DATABASE_URL")
+    worker.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
+    worker.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics on this port (with --gpus: port + i "
+                             "for the i-th listed GPU)")
+    worker.set_defaults(func=run)
+
+
 def default_worker_name() -> str:
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
     return f"{socket.gethostname()}/gpu{gpu}"
+
+
+def run(args) -> int:
+    settings = load_settings()
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level)
+    if args.gpus:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        return supervise(gpus, args.metrics_port)
+    try:
+        return run_worker(settings, args.metrics_port)
+    except SystemExit as exc:              # e.g. schema not current: said clearly, exit 2
+        log.critical("cannot start: %s", exc)
+        return 2
+    except Exception as exc:               # ModelUnavailable and friends
+        log.critical("cannot start: %s", exc)
+        return 2
 
 
 def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
@@ -40,29 +64,15 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
 
     name = settings.worker_name or default_worker_name()
     factory, label, warning = default_generator_factory(settings)
-    store = open_job_store(settings)
-    results = open_result_store(settings, store)
+    done = threading.Event()
+    runtime = Runtime(settings, label, warning)
+    runtime.request_shutdown = done.set
     metrics = Metrics()
-    metrics.watch_store(store.count)
+    backend = Backend(settings, metrics, [name], factory, runtime.on_fatal)
+    runtime.workers = backend.workers
     if metrics_port:
         from prometheus_client import start_http_server
         start_http_server(metrics_port, registry=metrics.registry)
-    now = time.time()
-    requeued = store.requeue_worker(name, settings.max_attempts, now, now + settings.result_ttl_s)
-    if requeued:
-        metrics.worker_restarts.labels("restart").inc(requeued)
-        log.warning(kv(event="requeued_own_jobs", worker=name, jobs=requeued))
-
-    wake, done = threading.Event(), threading.Event()
-    runtime = Runtime(settings, label, warning)
-    runtime.request_shutdown = done.set
-    webhooks = WebhookSender(store, load_secret(settings.webhook_secret, settings.data_dir),
-                             metrics, allow=settings.webhook_allow_list,
-                             base_delay_s=settings.webhook_retry_base_s).start()
-    worker = Worker(name, store, results, factory, WorkerConfig.from_settings(settings), wake,
-                    runtime.on_fatal, metrics, webhooks.submit)
-    runtime.workers.append(worker)
-    listener = Listener(settings.resolved_database_url, wake).start() if settings.uses_postgres else None
 
     def on_signal(signum, frame):
         if runtime.draining:
@@ -74,14 +84,10 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info(kv(event="worker_started", worker=name, model=label, metrics_port=metrics_port))
-    worker.start()
+    backend.start()
     while not done.wait(0.5):
         pass
-    worker.stop(timeout=10)
-    webhooks.stop()
-    if listener:
-        listener.stop()
-    store.close()
+    backend.stop()
     return 1 if runtime.fatal else 0
 
 

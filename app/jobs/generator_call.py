@@ -9,7 +9,6 @@ job at a time, each with the usual lower-memory retries.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from typing import Callable
@@ -17,10 +16,10 @@ from typing import Callable
 import numpy as np
 
 from app.jobs.failures import crash_here, describe_failure
-from app.jobs.held import Held, Holder, Stop
+from app.jobs.held import AbortReason, Held, Holder, Stop
 from app.jobs.model import JobState
 from app.logs import kv
-from inference.base import LOW_MEMORY_LEVELS, is_out_of_memory  # no torch import
+from inference.base import VideoGenerator, is_out_of_memory, with_less_memory  # no torch
 
 log = logging.getLogger("app.jobs.worker")
 
@@ -28,12 +27,11 @@ log = logging.getLogger("app.jobs.worker")
 DENOISE_SHARE = 0.9
 
 
-class Generation:
-    def __init__(self, generator, holder: Holder, stopping: threading.Event, crash_at: str = "",
+class GeneratorCall:
+    def __init__(self, generator: VideoGenerator, holder: Holder, crash_at: str = "",
                  metrics=None, on_last_step: Callable[[], None] | None = None):
         self.generator = generator
         self.holder = holder
-        self.stopping = stopping
         self.crash_at = crash_at
         self.metrics = metrics
         self.on_last_step = on_last_step      # the last denoising step is done: VAE decode next
@@ -65,18 +63,17 @@ class Generation:
 
     def _single(self, held: Held) -> list[tuple[Held, np.ndarray]]:
         """One job, retried with less memory after out-of-memory (not a new attempt)."""
+        def attempt(level: int):
+            return self._call([held], lambda on_step: self.generator.generate(
+                held.request, on_step, low_memory=level))
+
+        def on_retry(level: int) -> None:
+            log.warning(kv(job=held.job.id, event="out_of_memory", retry_low_memory=level))
+            if self.metrics is not None:
+                self.metrics.memory_retries.inc()
+
         try:
-            for level in range(LOW_MEMORY_LEVELS + 1):
-                try:
-                    return [(held, self._call([held], lambda on_step: self.generator.generate(
-                        held.request, on_step, low_memory=level)))]
-                except Exception as exc:          # Stop included: not out of memory
-                    if not is_out_of_memory(exc) or level == LOW_MEMORY_LEVELS:
-                        raise
-                    log.warning(kv(job=held.job.id, event="out_of_memory",
-                                   retry_low_memory=level + 1))
-                    if self.metrics is not None:
-                        self.metrics.memory_retries.inc()
+            return [(held, with_less_memory(attempt, on_retry))]    # Stop is not out of memory
         except Stop:
             self._settle([held])
         except Exception as exc:
@@ -93,8 +90,8 @@ class Generation:
         last_progress = [0.0]
 
         def on_step(done: int, total: int) -> None:
-            if self.stopping.is_set():
-                raise Stop("stopping")
+            if self.holder.is_stopping():
+                raise Stop(AbortReason.STOPPING.value)
             if self.crash_at == "denoise":
                 crash_here("denoise")
             now = time.monotonic()
@@ -109,7 +106,7 @@ class Generation:
                     if write:
                         self.holder.report(held, DENOISE_SHARE * done / total, done, total)
                 except Stop:
-                    if held.abort_reason != "stopping":
+                    if held.abort_reason != AbortReason.STOPPING:
                         self._settle([held])      # only this job stops
             if all(h.closed for h in batch):
                 raise Stop("nothing left to generate")
@@ -119,9 +116,8 @@ class Generation:
         try:
             return call(on_step)
         finally:
-            stats = getattr(self.generator, "memory_stats", None)
-            if self.metrics is not None and stats is not None:
-                for kind, value in stats().items():
+            if self.metrics is not None:
+                for kind, value in self.generator.memory_stats().items():
                     self.metrics.gpu_memory.labels(kind).set(value)
 
     def _settle(self, batch: list[Held]) -> None:
@@ -129,6 +125,6 @@ class Generation:
         worker is stopping and hands it back."""
         for held in batch:
             if not held.closed:
-                held.abort_reason = held.abort_reason or "stopping"
+                held.abort_reason = held.abort_reason or AbortReason.STOPPING
                 self.holder.stopped(held)
                 held.close()

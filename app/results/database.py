@@ -11,8 +11,9 @@ from pathlib import Path
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.engine import Engine
 
-from app.jobs.sql import results
-from app.storage import check_key, key_for, private_dir, remove_dead_temps
+from app.config import private_dir
+from app.jobs.tables import results
+from app.results.base import check_key, key_for, remove_dead_temps
 
 
 class DatabaseResultStore:

@@ -1,0 +1,70 @@
+"""What the commands show and write: a progress bar on stderr, errors that end a command
+with an exit status, output files that are never half-written."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class Failed(Exception):
+    """Stop the command with a message and an exit status."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class Bar:
+    """Progress on stderr, one line per phase: rich's bars on a terminal, plain lines
+    otherwise (logs, CI): on a new phase, at the end of one, and at most every 2 s between."""
+
+    def __init__(self):
+        self.progress = self.task = None
+        self.phase = self._last = None
+        self._printed_at = 0.0
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn)
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description:<10}"),
+                                     BarColumn(), TextColumn("{task.fields[detail]}"),
+                                     TimeElapsedColumn(), console=Console(stderr=True))
+            self.progress.start()
+
+    def show(self, phase: str, done: float | None = None, total: float | None = None,
+             detail: str = "") -> None:
+        if self.progress is None:
+            now = time.monotonic()
+            if (phase, detail) != self._last and (
+                    phase != self.phase or (total and done == total) or now - self._printed_at >= 2):
+                self._last, self.phase, self._printed_at = (phase, detail), phase, now
+                print(f"{phase} {detail}".rstrip(), file=sys.stderr, flush=True)
+            return
+        if phase != self.phase:
+            self._finish_task()
+            self.task = self.progress.add_task(phase, total=total, detail=detail)
+            self.phase = phase
+        self.progress.update(self.task, total=total, completed=done or 0, detail=detail)
+
+    def _finish_task(self) -> None:
+        if self.task is not None:
+            total = self.progress.tasks[-1].total or 1     # tasks are added in order
+            self.progress.update(self.task, total=total, completed=total)
+
+    def close(self, ok: bool = True) -> None:
+        if self.progress is not None:
+            if ok:
+                self._finish_task()
+            self.progress.stop()
+
+
+def write_atomic(out: Path, write) -> None:
+    """`write(temp_path)`, then rename into place: never a half-written OUT."""
+    temp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        write(temp)
+        os.replace(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)

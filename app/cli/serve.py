@@ -1,0 +1,63 @@
+"""`svd-server serve`: the API and (unless --no-worker) its workers, draining on SIGTERM."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from app.config import load_settings
+from app.logs import configure_logging
+
+log = logging.getLogger("svd")
+
+
+def add_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="run the API and (unless --no-worker) a GPU worker")
+    serve.add_argument("--host", help="overrides SVD_HOST")
+    serve.add_argument("--port", type=int, help="overrides SVD_PORT")
+    serve.add_argument("--no-worker", action="store_true", help="API only (SVD_WORKERS=0)")
+    serve.set_defaults(func=run)
+
+
+def draining_server(config, runtime, grace_s: float):
+    """uvicorn's server, except that the first SIGTERM/SIGINT drains before stopping: new
+    generations get 503, /readyz says so, the running job may finish for `grace_s`, then the
+    server stops. A second signal stops it at once."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if runtime.draining or not runtime.workers or not self.started:
+                return super().handle_exit(sig, frame)
+            threading.Thread(target=runtime.drain, args=(grace_s,), name="drain",
+                             daemon=True).start()
+
+    return _Server(config)
+
+
+def run(args) -> int:
+    from app.http_guard import uvicorn_config
+    from app.main import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.no_worker:
+        overrides["workers"] = 0
+    settings = load_settings(**overrides)
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except Exception as exc:            # ModelUnavailable and friends: say what to do, no trace
+        log.critical("cannot start: %s", exc)
+        return 2
+    config = uvicorn_config(app, settings, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=15)
+    runtime = app.state.runtime
+    server = draining_server(config, runtime, settings.drain_grace_s)
+    runtime.request_shutdown = lambda: setattr(server, "should_exit", True)
+    log.info("listening on http://%s:%d", settings.host, settings.port)
+    server.run()
+    if runtime.fatal is not None:
+        log.critical("stopped: %s", runtime.fatal)
+        return 1
+    return 0 if server.started else 1
