@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str | None = None         # default: SQLite file in the data dir
     workers: int = Field(1, ge=0, le=64)     # worker threads inside `serve`; 0 = API only
-    model: str = "auto"                      # auto | tiny | HF repo id | local directory
+    model: str = "auto"                      # auto | tiny | a preset | HF repo id | local directory
+    unet: str = ""                           # a UNet file loaded over the model's (inference/unet_file.py)
+    scheduler: Literal["", "euler", "animatelcm"] = ""   # the sampler; empty: the preset's (Euler)
     allowed_sizes: Annotated[tuple[tuple[int, int], ...], NoDecode] = parse_sizes(STABILITY_SIZES)
     num_frames: int | None = Field(None, ge=1, le=128)   # None: the model's default
     steps: int | None = Field(None, ge=1, le=200)        # None: the model's default
@@ -187,7 +189,7 @@ class Settings(BaseSettings):
                     memory_profile=self.memory_profile, mode=self.mode, compile=self.compile,
                     step_cache=self.step_cache, fp8=self.fp8, cache_dir=self.compile_cache_dir,
                     warmup=self.warmup, warmup_sizes=self.allowed_sizes or ((1024, 576),),
-                    max_batch=self.max_batch)
+                    max_batch=self.max_batch, scheduler=self.scheduler)
 
     @property
     def compile_cache_dir(self) -> Path:

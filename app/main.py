@@ -40,7 +40,7 @@ def default_generator_factory(settings: Settings):
     """Resolve SVD_MODEL now (fails fast with instructions); load it later, in the worker."""
     from inference.loader import load_generator, resolve_model
 
-    choice = resolve_model(settings.model)
+    choice = resolve_model(settings.model, unet=settings.unet)
     if choice.fallback_reason:
         log.warning("!" * 78)
         log.warning("SVD_MODEL=auto: %s", choice.fallback_reason)

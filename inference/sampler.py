@@ -22,6 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from inference.base import (CONDITIONING_FPS, MIN_GUIDANCE_SCALE, GenerationRequest, StepCallback,
                             uses_guidance)
+from inference.consistency import ConsistencyScheduler
 
 # unet(sample, t, encoder_hidden_states, added_time_ids, step, total_steps, branch=0)
 #   -> noise prediction. `branch` tells the calls of one step apart when the guidance halves
@@ -36,6 +37,7 @@ class SampleOptions:
     decode_chunk_size: int = 8
     cfg_sequential: bool = False   # guidance halves one after the other: less memory, ~same time
     decode: bool = True            # False: stop after denoising (warm-up)
+    guidance_slope: float = 1.0    # max guidance = 1 + (cfg_scale - 1) * slope (a few-step model's)
 
 
 def _halves(tensor: torch.Tensor, cfg: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -83,10 +85,12 @@ def _conditioning(pipe, request: GenerationRequest, generator: torch.Generator, 
 
 @torch.inference_mode()
 def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
-           on_step: StepCallback | None = None, unet: UNetCall | None = None) -> list[np.ndarray]:
+           on_step: StepCallback | None = None, unet: UNetCall | None = None,
+           scheduler=None) -> list[np.ndarray]:
     """Generate one video per request, all in one batch. The requests must share size and
-    guidance on/off (see inference.base.BatchKey). Returns uint8 (frames, h, w, 3) arrays,
-    or nothing when `options.decode` is False."""
+    guidance on/off (see inference.base.BatchKey). `scheduler`: the pipeline's own (Euler)
+    unless given, e.g. inference.consistency's. Returns uint8 (frames, h, w, 3) arrays, or
+    nothing when `options.decode` is False."""
     cfg = uses_guidance(requests[0].cfg_scale)
     if any(uses_guidance(r.cfg_scale) != cfg or r.image.size != requests[0].image.size for r in requests):
         raise ValueError("a batch must share image size and guidance on/off")
@@ -99,19 +103,26 @@ def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
     image_latents = _with_guidance([p[1] for p in parts], cfg)
     time_ids = _with_guidance([p[2] for p in parts], cfg)
 
-    timesteps, steps = retrieve_timesteps(pipe.scheduler, options.steps, device, None, None)
-    latents = pipe.prepare_latents(len(requests), frames, pipe.unet.config.in_channels, height,
-                                   width, embeddings.dtype, device,
-                                   generators if len(generators) > 1 else generators[0], None)
+    scheduler = scheduler or pipe.scheduler
+    stochastic = isinstance(scheduler, ConsistencyScheduler)     # it draws noise every step
+    timesteps, steps = retrieve_timesteps(scheduler, options.steps, device, None, None)
+    # As the pipeline's prepare_latents, with this scheduler's initial noise scale.
+    shape = (len(requests), frames, pipe.unet.config.in_channels // 2,
+             height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    latents = randn_tensor(shape, generator=generators if len(generators) > 1 else generators[0],
+                           device=torch.device(device), dtype=embeddings.dtype)
+    latents = latents * scheduler.init_noise_sigma
     # Guidance rises over the frames from min(1, cfg) to cfg, per video.
-    guidance = torch.stack([torch.linspace(min(MIN_GUIDANCE_SCALE, r.cfg_scale), r.cfg_scale, frames)
+    guidance = torch.stack([torch.linspace(min(MIN_GUIDANCE_SCALE, r.cfg_scale),
+                                           _max_guidance(r.cfg_scale, options.guidance_slope),
+                                           frames)
                             for r in requests]).to(device, latents.dtype)
     guidance = _append_dims(guidance, latents.ndim)
     unet = unet or _plain_unet(pipe.unet)
 
     for i, t in enumerate(timesteps):
         model_input = torch.cat([latents] * 2) if cfg else latents
-        model_input = pipe.scheduler.scale_model_input(model_input, t)
+        model_input = scheduler.scale_model_input(model_input, t)
         model_input = torch.cat([model_input, image_latents], dim=2)
         if cfg and options.cfg_sequential:
             n = len(requests)
@@ -123,7 +134,10 @@ def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
         if cfg:
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + guidance * (cond - uncond)
-        latents = pipe.scheduler.step(noise_pred, t, latents).prev_sample
+        if stochastic:                 # each video's noise from its own generator
+            latents = scheduler.step(noise_pred, t, latents, generator=generators).prev_sample
+        else:
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
         if on_step is not None:
             on_step(i + 1, steps)
 
@@ -138,6 +152,14 @@ def sample(pipe, requests: Sequence[GenerationRequest], options: SampleOptions,
         videos.append((np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
     pipe.maybe_free_model_hooks()
     return videos
+
+
+def _max_guidance(cfg_scale: float, slope: float) -> float:
+    """The last frame's guidance: cfg_scale itself, or scaled down from 1 for a model
+    distilled for a narrower range (guidance stays on exactly when cfg_scale > 1)."""
+    if slope == 1.0 or cfg_scale <= MIN_GUIDANCE_SCALE:
+        return cfg_scale
+    return MIN_GUIDANCE_SCALE + (cfg_scale - MIN_GUIDANCE_SCALE) * slope
 
 
 def _plain_unet(model) -> UNetCall:

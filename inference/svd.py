@@ -63,7 +63,6 @@ from inference.speed import SpeedOptions, apply_fp8, compile_unet, set_feed_forw
 
 log = logging.getLogger(__name__)
 
-SVD_XT_REPO = "stabilityai/stable-video-diffusion-img2vid-xt"
 SVD_XT_FRAMES = 25
 SVD_XT_STEPS = 25
 # Decoding all 25 frames at once doubles peak memory (32.5 GiB vs 15.1 GiB on SVD-XT) for no
@@ -114,8 +113,15 @@ class SvdGenerator(VideoGenerator):
     def __init__(self, pipe: StableVideoDiffusionPipeline, device: str, description: str,
                  default_frames: int, default_steps: int,
                  decode_chunk_size: int = DEFAULT_DECODE_CHUNK, profile: str = "full",
-                 speed: SpeedOptions | None = None):
+                 speed: SpeedOptions | None = None, scheduler=None, guidance_slope: float = 1.0,
+                 max_decode_chunk: int | None = None):
+        """`scheduler`: the sampler (None: the pipeline's own Euler scheduler);
+        `guidance_slope`: max guidance = 1 + (cfg_scale - 1) * slope; `max_decode_chunk`:
+        frames decoded at a time at most, whatever the profile (a preset's choice)."""
         self.pipe = pipe
+        self.scheduler = scheduler
+        self.guidance_slope = guidance_slope
+        self.max_decode_chunk = max_decode_chunk
         self.device = device
         self.description = description
         self.default_frames = default_frames
@@ -160,7 +166,7 @@ class SvdGenerator(VideoGenerator):
                 self.pipe.enable_model_cpu_offload(device=self.device)
                 self._free_memory()
                 raise
-        self.decode_chunk_size = DECODE_CHUNKS[profile]
+        self.decode_chunk_size = min(DECODE_CHUNKS[profile], self.max_decode_chunk or 10**6)
         set_feed_forward_chunking(self.pipe.unet, profile != "full")
         self.profile = profile
 
@@ -218,10 +224,12 @@ class SvdGenerator(VideoGenerator):
         options = SampleOptions(frames=first.num_frames or self.default_frames,
                                 steps=first.steps or self.default_steps,
                                 decode_chunk_size=self.decode_chunk_size,
-                                cfg_sequential=self.profile == "low", decode=decode)
+                                cfg_sequential=self.profile == "low", decode=decode,
+                                guidance_slope=self.guidance_slope)
         if self.step_cache is not None:
             self.step_cache.reset()
-        return sample(self.pipe, requests, options, on_step, unet=self.step_cache)
+        return sample(self.pipe, requests, options, on_step, unet=self.step_cache,
+                      scheduler=self.scheduler)
 
     def _free_memory(self) -> None:
         if self.device.startswith("cuda"):
@@ -235,8 +243,9 @@ class SvdGenerator(VideoGenerator):
                 "peak_allocated": torch.cuda.max_memory_allocated()}
 
 
-def load_pretrained(source: str | Path, device: str, **options) -> SvdGenerator:
-    """SVD from a local directory or the Hugging Face cache; never downloads at run time."""
+def load_pretrained(source: str | Path, device: str) -> tuple[StableVideoDiffusionPipeline, str]:
+    """SVD from a local directory or the Hugging Face cache, never downloaded at run time;
+    with what it is, for the generator's description."""
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     kwargs = dict(torch_dtype=dtype, local_files_only=True)
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
@@ -247,7 +256,10 @@ def load_pretrained(source: str | Path, device: str, **options) -> SvdGenerator:
         pipe = StableVideoDiffusionPipeline.from_pretrained(str(source), **kwargs)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    frames = int(getattr(pipe.unet.config, "num_frames", SVD_XT_FRAMES) or SVD_XT_FRAMES)
     name = str(source) if os.path.isdir(str(source)) else f"hf:{source}"
-    return SvdGenerator(pipe, device, f"{name} ({str(dtype).removeprefix('torch.')}, {device})",
-                        default_frames=frames, default_steps=SVD_XT_STEPS, **options)
+    return pipe, f"{name} ({str(dtype).removeprefix('torch.')}, {device})"
+
+
+def model_frames(pipe) -> int:
+    """The frame count the pipeline's UNet was trained for (14 for SVD, 25 for SVD-XT)."""
+    return int(getattr(pipe.unet.config, "num_frames", SVD_XT_FRAMES) or SVD_XT_FRAMES)

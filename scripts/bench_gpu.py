@@ -3,7 +3,8 @@
     python scripts/bench.py gpu [--arch svd-xt-random|tiny] [--model DIR] [--size 1024x576]
                                 [--frames 25] [--steps 25] [--runs full,low,batch,compiled,fast]
                                 [--batches 2,4] [--compile on|max|off] [--fp8 auto|on|off]
-                                [--low-memory-gib 8] [--fast-steps N] [--quick] [--json OUT.json]
+                                [--low-memory-gib 8] [--fast-steps N] [--preset animatelcm-svd-xt]
+                                [--quick] [--json OUT.json]
 
 Random-weight SVD-XT (`--arch svd-xt-random`, the default on CUDA) has the compute and memory
 of the real checkpoint; `--model DIR` uses real weights. On a CPU it runs the tiny model at a
@@ -18,6 +19,19 @@ call), `compiled` (SVD_COMPILE; `max`: max-autotune kernels, no CUDA graphs; com
 apart) and `fast` (SVD_MODE=fast: fewer steps, step cache, FP8 per --fp8, compiled).
 Compiled runs are skipped on a CPU unless --compile on is given (compiling takes minutes).
 
+`--preset NAME` adds one row, whatever --runs says: a few-step preset of inference/presets.py
+(`animatelcm-svd-xt`) sampled as `SVD_MODEL=NAME` samples it (inference/loader.py: its
+sampler, guidance slope and decode chunk) at the preset's own steps (4, also with --steps and
+--quick), eager, over the same pipeline as every other row: its weights, not the preset's (no
+AnimateLCM file is needed: the few-step path's speed does not depend on the UNet's weights),
+and its name says so. After one untimed video (its sampler and decode chunk are new to the
+pipeline), its seconds per video and ratio to the plain diffusers baseline of the same run,
+against a target of x0.18 or less (PRESET_TARGET_RATIO), judged PASS/MISS only where it
+means something: SVD-XT's architecture on CUDA against 25 plain steps; elsewhere (the tiny
+model, a CPU, --quick's 2 plain steps) the ratio is shown and not judged. No PSNR: another
+sampler and another step count make another video. `--runs ""` leaves only plain diffusers
+(and the preset's row). A name that is not a few-step preset is an argparse error.
+
 A run that fails (out of memory, a missing package, any error building or running its
 configuration) is a row with its error; the later runs still run, and the table and JSON are
 written. The exit status is 0 when the plain diffusers baseline ran (whatever else failed),
@@ -25,6 +39,7 @@ written. The exit status is 0 when the plain diffusers baseline ran (whatever el
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import tempfile
@@ -35,12 +50,16 @@ import numpy as np
 
 from bench_common import print_table, size_arg
 from bench_gpu_measure import Meter, compare
+from bench_gpu_preset import (FEW_STEP_PRESETS, PRESET_TARGET_RATIO, PRESET_TARGET_STEPS,
+                              judge_preset, preset_arg, preset_name)
+from inference.presets import PRESETS
 
 BASELINE_CHUNK = 8
 # --quick. The fast run takes 3 steps, the fewest with a cached one (the first and the last
 # step run the whole UNet); the others take 2: the tiny model's random weights blow rounding
 # differences up with every step (batch of 2 against alone: 65 dB at 2 steps, 43 at 3, 26 at 4).
 QUICK_SIZE, QUICK_FRAMES, QUICK_STEPS, QUICK_FAST_STEPS = (64, 64), 4, 2, 3
+
 
 
 def plain_name(chunk: int) -> str:
@@ -162,12 +181,16 @@ class Bench:
         self.runs[name] = row
         return row
 
-    def generator(self, steps: int | None = None, speed=None, warm_up: bool = False):
-        """An SvdGenerator on the pipeline, warmed up if asked; and the seconds that took."""
+    def generator(self, steps: int | None = None, speed=None, warm_up: bool = False,
+                  preset=None):
+        """An SvdGenerator on the pipeline, warmed up if asked; and the seconds that took.
+        `preset` (inference.presets.Preset): sampling as that preset does (inference.loader.sampling_options)."""
+        from inference.loader import sampling_options
         from inference.svd import SvdGenerator
         t = time.perf_counter()
         gen = SvdGenerator(self.pipe, self.device, self.arch, default_frames=self.args.frames,
-                           default_steps=steps or self.args.steps, speed=speed)
+                           default_steps=steps or self.args.steps, speed=speed,
+                           **(sampling_options(preset.scheduler, preset) if preset else {}))
         if warm_up:
             gen.warm_up([self.args.size])
         return gen, round(time.perf_counter() - t, 1)
@@ -183,6 +206,28 @@ class Bench:
             self.generator_row(name, gen, chunk, memory_gib=limit)
         finally:                  # a failure here is a row of its own, not the low row's
             self.attempt("svd-server back to the full profile", gen.set_profile, "full")
+
+    def preset(self, preset, name: str) -> dict:
+        """`preset`'s row under `name`: its sampling at its own steps over this pipeline, timed
+        after one untimed video; its ratio to the baseline and the target; no PSNR."""
+        gen, _ = self.generator(steps=preset.steps, preset=preset)
+        t = time.perf_counter()
+        gen.generate_batch(self.requests(1, preset.steps))
+        warm_up_s = round(time.perf_counter() - t, 2)
+        row, _ = self.run_generator(gen, steps=preset.steps)
+        base = self.runs.get(BASELINE, {}).get("s")
+        ratio = round(row["s"] / base, 3) if base else None
+        met, why = judge_preset(ratio, self.device, self.arch, self.args.steps)
+        row.update(preset=preset.name, steps=preset.steps, sampler=preset.scheduler,
+                   guidance_slope=gen.guidance_slope, decode_chunk=gen.decode_chunk_size,
+                   warm_up_s=warm_up_s, ratio_vs_plain=ratio, target_ratio=PRESET_TARGET_RATIO,
+                   target_met=met,
+                   psnr_note="not compared: another sampler and step count than plain "
+                             "diffusers make another video")
+        if why:
+            row["target_note"] = why
+        self.runs[name] = row
+        return row
 
     def compiled(self, compile: str) -> None:
         from inference.speed import SpeedOptions
@@ -214,7 +259,7 @@ def cmd_gpu(args) -> int:
     results = {"arch": arch, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
                "torch_device": device, "torch": torch.__version__, "size": f"{w}x{h}",
                "frames": args.frames, "steps": args.steps, "compile": compile, "fp8": args.fp8,
-               "runs": bench.runs}
+               "preset": args.preset, "runs": bench.runs}
 
     bench.attempt(BASELINE, bench.plain_row, BASELINE_CHUNK, warm_up=True)
     # Eager runs first: compiling and FP8 change the UNet in place.
@@ -232,6 +277,10 @@ def cmd_gpu(args) -> int:
         for n in [int(b) for b in args.batches.split(",") if int(b) > 1]:
             name = f"svd-server batch of {n}"
             bench.attempt(name, bench.generator_row, name, gen, batch=n)
+    if args.preset:
+        preset = PRESETS[args.preset]
+        name = preset_name(preset, arch)
+        bench.attempt(name, bench.preset, preset, name)
     if "compiled" in wanted and compile != "off":
         bench.attempt(f"svd-server compiled ({compile})", bench.compiled, compile)
     if "fast" in wanted:
@@ -256,6 +305,9 @@ def table_rows(runs: dict) -> list[tuple]:
         ratio = f" x{r['s'] / base:.2f}" if base else ""
         head = f"{r['s']:.2f} s{ratio}, peak {r['peak_gib']} GiB, busy {r['busy']}%"
         details = []
+        if "target_ratio" in r:
+            details.append(f"target x{r['target_ratio']:.2f} or less"
+                           + (f" ({r['target_note']})" if r.get("target_note") else ""))
         if "mp4_s" in r:
             details.append(f"img {r['image_encode_s']:.2f} / denoise {r['denoise_s']:.2f} / decode "
                            f"{r['decode_s']:.2f} / mp4 {r['mp4_s']:.2f}")
@@ -266,9 +318,11 @@ def table_rows(runs: dict) -> list[tuple]:
         for key in [k.removeprefix("psnr_vs_") for k in r if k.startswith("psnr_vs_")]:
             details.append(f"PSNR {r['psnr_vs_' + key]} dB, max diff "
                            f"{r['max_abs_diff_vs_' + key]} vs {key.replace('_', ' ')}")
+        if "psnr_note" in r:
+            details.append("no PSNR: another sampler and step count")
         if "compile_s" in r:
             details.append(f"compile+warm-up {r['compile_s']} s")
-        rows.append((name, head, "; ".join(details), None))
+        rows.append((name, head, "; ".join(details), r.get("target_met")))
     return rows
 
 
@@ -278,9 +332,11 @@ def add_parser(sub) -> None:
     gpu.add_argument("--model", help="a local diffusers directory with real weights")
     gpu.add_argument("--size", default=(1024, 576), type=size_arg)
     gpu.add_argument("--frames", type=int, default=25)
-    gpu.add_argument("--steps", type=int, default=25)
+    gpu.add_argument("--steps", type=int, default=25,
+                     help="steps of plain diffusers and of the generator's runs (not --preset's)")
     gpu.add_argument("--runs", default="full,low,batch,compiled,fast",
-                     help="which of full, low, batch, compiled, fast to run (plain diffusers always)")
+                     help="which of full, low, batch, compiled, fast to run (plain diffusers "
+                          "always; \"\": it alone, and --preset's row)")
     gpu.add_argument("--batches", default="2,4", help="batch sizes for the batch runs")
     gpu.add_argument("--compile", choices=("off", "on", "max"),
                      help="torch.compile of the UNet's blocks in the compiled and fast runs: on "
@@ -293,6 +349,11 @@ def add_parser(sub) -> None:
                      help="GPU memory the low profile may use (emulates a small card)")
     gpu.add_argument("--fast-steps", type=int, help="steps of the fast run (default: "
                      "min(--steps, inference.speed.FAST_STEPS))")
+    gpu.add_argument("--preset", type=preset_arg, metavar="NAME",
+                     help="also a row for this few-step preset (" + ", ".join(FEW_STEP_PRESETS)
+                          + f") at its own steps, with its ratio to plain diffusers (target "
+                          f"x{PRESET_TARGET_RATIO} or less on a GPU at {PRESET_TARGET_STEPS} "
+                          "plain steps); over the benchmark's weights, not the preset's")
     gpu.add_argument("--quick", action="store_true", help="64x64, 4 frames, 2 steps, 3 in the "
                      "fast run so that one of them is cached (CPU tests)")
     gpu.add_argument("--json", help="also write every number to this file")

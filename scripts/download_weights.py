@@ -9,6 +9,8 @@ access token (https://huggingface.co/settings/tokens), then:
         # into the Hugging Face cache (HF_HOME); the server's SVD_MODEL=auto finds it there
     HF_TOKEN=hf_... python scripts/download_weights.py --local-dir /srv/models/svd-xt
         # into a plain directory; start the server with SVD_MODEL=/srv/models/svd-xt
+    HF_TOKEN=hf_... python scripts/download_weights.py --preset animatelcm-svd-xt
+        # what a preset needs: its base pipeline and, for a few-step preset, its UNet file
 
 With Docker Compose (the cache is the hf-cache volume, HF_HOME=/models):
 
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # Importing the pipeline module pulls in transformers, whose import-time notices are noise here.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from inference.svd import SVD_XT_REPO  # noqa: E402
+from inference.presets import PRESETS, SVD_XT_REPO  # noqa: E402
 
 ALLOW_PATTERNS = [
     "model_index.json",
@@ -63,6 +65,13 @@ def download(repo: str, local_dir: str | None, revision: str | None) -> str:
                              allow_patterns=ALLOW_PATTERNS)
 
 
+def download_unet(preset, local_dir: str | None) -> str:
+    """A few-step preset's single-file UNet (the first of its files)."""
+    from huggingface_hub import hf_hub_download
+    return hf_hub_download(repo_id=preset.unet_repo, filename=preset.unet_files[0],
+                           local_dir=local_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Download the fp16 Stable Video Diffusion weights for svd-server. "
@@ -73,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="download into this plain directory (then set SVD_MODEL=DIR) "
                              "instead of the Hugging Face cache at HF_HOME")
     parser.add_argument("--revision", help="branch, tag or commit (default: main)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="what this SVD_MODEL preset needs (instead of --repo)")
     args = parser.parse_args(argv)
+    preset = PRESETS.get(args.preset) if args.preset else None
+    if preset is not None:
+        args.repo = preset.repo
 
     from huggingface_hub import get_token
     from huggingface_hub import utils as errors   # the error classes, in every supported version
@@ -88,8 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: no Hugging Face token found (HF_TOKEN); gated repositories will refuse "
               "the download.", file=sys.stderr)
 
+    unet = None
     try:
         path = download(args.repo, local_dir, args.revision)
+        if preset is not None and preset.unet_repo:
+            args.repo = preset.unet_repo                  # for the messages below
+            print(f"Downloading {preset.unet_files[0]} from {preset.unet_repo}", file=sys.stderr)
+            unet = download_unet(preset, local_dir)
     except KeyboardInterrupt:
         print("\ninterrupted; run again to resume the download.", file=sys.stderr)
         return 130
@@ -130,7 +149,15 @@ def main(argv: list[str] | None = None) -> int:
 
     path = str(Path(path).resolve())
     print(f"Done: {path}", file=sys.stderr)
-    if local_dir:
+    if preset is not None and not local_dir:
+        print(f"Start the server with (and the same HF_HOME, {_hf_home()}):\n"
+              f"  SVD_MODEL={preset.name}")
+    elif preset is not None:
+        unet_line = f" SVD_UNET={Path(unet).resolve()}" if unet else ""
+        print(f"Start the server with:\n  SVD_MODEL={path}{unet_line}"
+              f"{' SVD_SCHEDULER=' + preset.scheduler if preset.few_step else ''}"
+              f" SVD_STEPS={preset.steps}")
+    elif local_dir:
         print(f"Start the server with:\n  SVD_MODEL={path}")
     elif args.revision and args.revision != "main":
         print("The server loads the cache's 'main' revision, not this one. To serve a pinned "

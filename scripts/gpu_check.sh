@@ -34,7 +34,7 @@ export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:T
 out="${OUT:-.}"
 started=$SECONDS
 if [ "$part" = gpu ] || [ "$part" = all ]; then
-  python3 scripts/bench.py gpu --json "$out/bench_gpu.json"
+  python3 scripts/bench.py gpu --preset animatelcm-svd-xt --json "$out/bench_gpu.json"
   left=$(( ${GPU_CHECK_BUDGET_S:-570} - (SECONDS - started) ))
   if [ "$part" = gpu ] && [ "$left" -gt 60 ]; then
     timeout "$left" python3 -m pytest tests/gpu -s -q -p no:cacheprovider \

@@ -71,7 +71,7 @@ def check_model(r: Report, settings, torch):
         return None
     from inference.loader import ModelUnavailable, resolve_model
     try:
-        choice = resolve_model(settings.model)
+        choice = resolve_model(settings.model, unet=settings.unet)
     except ModelUnavailable as exc:
         r.line("FAIL", "model", f"SVD_MODEL={settings.model}: cannot be served", str(exc))
         return None
@@ -82,8 +82,17 @@ def check_model(r: Report, settings, torch):
     elif choice.kind == "svd-xt-random":
         r.line("WARN", "model", f"SVD_MODEL={settings.model} -> SVD-XT's architecture with RANDOM "
                f"weights on {choice.device}: for benchmarks; its videos are noise")
+    elif choice.preset is not None:
+        p = choice.preset
+        sampler = settings.scheduler or p.scheduler
+        r.line("OK", "model", f"SVD_MODEL={settings.model} -> preset {p.name}: {p.repo}"
+               f"{' + UNet ' + Path(choice.unet).name if choice.unet else ''}, {sampler} sampler, "
+               f"{p.frames} frames, {p.steps} steps, on {choice.device}")
     else:
         r.line("OK", "model", f"SVD_MODEL={settings.model} -> {choice.source} on {choice.device}")
+    if choice.unet and (choice.preset is None or not choice.preset.unet_repo):
+        r.line("OK", "UNet", f"SVD_UNET={choice.unet}: loaded over the model's UNet at start "
+               "(keys and shapes checked then)")
     return choice
 
 
@@ -131,7 +140,7 @@ def _missing_weights(source: str) -> tuple[str, list[str]]:
 
 
 def check_weights(r: Report, settings, choice) -> None:
-    from inference.svd import SVD_XT_REPO
+    from inference.presets import SVD_XT_REPO
     if choice is None and settings.model.strip() not in ("auto", ""):
         return                     # the model line already says what is wrong with SVD_MODEL
     source = choice.source if choice is not None and choice.kind == "svd" else SVD_XT_REPO

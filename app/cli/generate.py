@@ -99,7 +99,7 @@ def _local(args, settings, data: bytes, out: Path, bar: Bar) -> int:
     bar.show("loading", detail=f"model {settings.model}")
     from inference.loader import ModelUnavailable, load_generator, resolve_model
     try:
-        choice = resolve_model(settings.model)
+        choice = resolve_model(settings.model, unet=settings.unet)
         if choice.fallback_reason:
             bar.show("loading", detail="tiny model (fallback)")
             print(f"WARNING: SVD_MODEL={settings.model}: {choice.fallback_reason}",

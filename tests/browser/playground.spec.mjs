@@ -74,6 +74,8 @@ async function main() {
     check(csp.length === 1, `expected one content-security-policy header, got ${JSON.stringify(csp)}`);
     check(csp[0].includes(EXPECTED_CSP), `unexpected content-security-policy: ${csp[0]}`);
     await page.waitForFunction(() => !document.querySelector("#server").textContent.endsWith("…"));
+    const pill = await page.locator("#server").textContent();
+    check(pill.includes(" · tiny-random"), `the server pill should name the model (x-svd-model), shows "${pill}"`);
 
     step = "labels";
     for (const [label, id] of [["API key", "api-key"], ["Image", "image"], ["Seed", "seed"],

@@ -1,7 +1,8 @@
 """scripts/bench_gpu.py's rows, with a fake pipeline, generator and torch.cuda: each row's
 peak is its own, the low row is compared with plain diffusers decoding as it does, a failed
-configuration is a row and the next ones still run, step-cache counters are recorded; and
-build() reports the device the pipeline is on."""
+configuration is a row and the next ones still run, step-cache counters are recorded, a
+few-step preset's row runs at its steps with its ratio and target and no PSNR; and build()
+reports the device the pipeline is on."""
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,12 @@ if str(ROOT / "scripts") not in sys.path:       # as scripts/bench.py puts it
     sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_gpu  # noqa: E402
+import bench_gpu_preset  # noqa: E402
 from bench_gpu import BASELINE, Bench, table_rows  # noqa: E402
 from tests.unit.test_bench_gpu_measure import fake_meter  # noqa: E402
 
+from inference.loader import sampling_options  # noqa: E402
+from inference.presets import PRESETS  # noqa: E402
 from inference.svd import DECODE_CHUNKS  # noqa: E402
 
 LOW_CHUNK = DECODE_CHUNKS["low"]
@@ -56,9 +60,12 @@ class FakePipe:
 class FakeGenerator:
     """3 GiB per video (1.5 in the low profile), 14 GiB to warm up; a step cache or not."""
 
-    def __init__(self, cuda, step_cache: bool = False):
-        self.cuda, self.profile, self.profiles = cuda, "full", []
+    def __init__(self, cuda, step_cache: bool = False, preset=None):
+        self.cuda, self.profile, self.profiles, self.batches = cuda, "full", [], []
         self.step_cache = SimpleNamespace(full_steps=0, cached_steps=0) if step_cache else None
+        self.preset = preset
+        self.guidance_slope = sampling_options(preset.scheduler, preset)["guidance_slope"] if preset else 1.0
+        self.decode_chunk_size = min(DECODE_CHUNKS["full"], (preset and preset.decode_chunk) or 99)
 
     def set_profile(self, profile):
         self.profile = profile
@@ -68,6 +75,7 @@ class FakeGenerator:
         self.cuda.use(14)
 
     def generate_batch(self, requests):
+        self.batches.append([r.steps for r in requests])
         self.cuda.use(len(requests) * (1.5 if self.profile == "low" else 3))
         if self.step_cache is not None:
             self.step_cache.full_steps, self.step_cache.cached_steps = 2, 1
@@ -81,11 +89,15 @@ def bench(monkeypatch):
     args = SimpleNamespace(size=(64, 64), frames=4, steps=2, fast_steps=3)
     bench = Bench(args, FakePipe(cuda), "cuda", "fake", meter=meter)
 
-    def generator(steps=None, speed=None, warm_up=False):
-        gen = FakeGenerator(cuda, step_cache=speed is not None and speed.step_cache > 1)
+    def generator(steps=None, speed=None, warm_up=False, preset=None):
+        gen = FakeGenerator(cuda, step_cache=speed is not None and speed.step_cache > 1,
+                            preset=preset)
+        gen.default_steps = steps or args.steps
         if warm_up:
             gen.warm_up([args.size])
+        bench.generators.append(gen)
         return gen, 0.0
+    bench.generators = []
     monkeypatch.setattr(bench, "generator", generator)
     bench.cuda_fake = cuda
     return bench
@@ -247,3 +259,82 @@ def test_failing_to_leave_low_is_not_the_low_rows_failure(bench):
     bench.attempt("svd-server low", bench.low, gen, "svd-server low", None)
     assert bench.runs["svd-server low"]["s"] is not None
     assert bench.runs["svd-server back to the full profile"]["error"].startswith("out of memory")
+
+
+LCM = PRESETS["animatelcm-svd-xt"]
+
+
+def timed(bench, seconds: list[float]):
+    """The meter's runs take these seconds, in turn."""
+    run, left = bench.meter.run, iter(seconds)
+
+    def fixed(fn, memory_gib=None):
+        out, m = run(fn, memory_gib)
+        return out, {**m, "s": next(left)}
+    bench.meter.run = fixed
+
+
+@pytest.mark.parametrize(("arch", "steps", "met"), [
+    ("svd-xt-random", 25, True),      # SVD-XT on CUDA against 25 plain steps: judged
+    ("svd-xt-random", 2, None),       # a 2-step baseline says nothing of the target
+    ("tiny", 25, None)])              # nor does the tiny model
+def test_preset_row(bench, arch, steps, met):
+    bench.arch, bench.args.steps = arch, steps
+    timed(bench, [10.0, 1.5])
+    bench.attempt(BASELINE, bench.plain_row)
+    name = bench_gpu_preset.preset_name(LCM, arch)
+    bench.attempt(name, bench.preset, LCM, name)
+    row = bench.runs[name]
+    gen = bench.generators[-1]
+    assert gen.preset is LCM and gen.default_steps == 4
+    assert gen.batches == [[4], [4]]                   # an untimed video, then the row's
+    assert row["steps"] == 4 and row["sampler"] == "animatelcm" and row["preset"] == LCM.name
+    assert (row["guidance_slope"], row["decode_chunk"]) == (0.25, 4)
+    assert 1.5 <= row["s"] < 1.6 and row["ratio_vs_plain"] == round(row["s"] / 10.0, 3)
+    assert row["target_ratio"] == 0.18 and row["target_met"] is met
+    assert ("target_note" in row) == (met is None)
+    assert not any(k.startswith(("psnr_vs_", "max_abs_diff_vs_")) for k in row)
+    assert "another sampler" in row["psnr_note"]
+    assert "random weights, not AnimateLCM's" in name and "4 steps" in name
+    table = {r[0]: r for r in table_rows(bench.runs)}
+    assert table[name][3] is met and "target x0.18 or less" in table[name][2]
+    assert "no PSNR" in table[name][2] and table[BASELINE][3] is None
+
+
+def test_preset_target_is_judged_on_a_gpu_only():
+    assert bench_gpu_preset.judge_preset(0.19, "cuda:0", "svd-xt-random", 25) == (False, None)
+    assert bench_gpu_preset.judge_preset(0.18, "cuda:0", "/models/svd-xt", 25) == (True, None)
+    met, why = bench_gpu_preset.judge_preset(0.1, "cpu", "svd-xt-random", 25)
+    assert met is None and "not judged" in why
+    assert bench_gpu_preset.judge_preset(None, "cuda:0", "svd-xt-random", 25)[0] is None
+
+
+def test_preset_row_names_whose_weights_it_runs():
+    assert "SVD-XT architecture's random weights" in bench_gpu_preset.preset_name(LCM, "svd-xt-random")
+    assert "tiny model's random weights" in bench_gpu_preset.preset_name(LCM, "tiny")
+    assert "UNet weights of /m/svd-xt, not AnimateLCM's" in bench_gpu_preset.preset_name(LCM, "/m/svd-xt")
+
+
+def test_preset_option(capsys):
+    assert parse("--quick", "--preset", "animatelcm-svd-xt").preset == "animatelcm-svd-xt"
+    assert parse().preset is None                        # no preset row unless asked
+    for name, says in [("nope", "unknown preset 'nope'"), ("svd-xt", "'svd-xt' samples as plain")]:
+        with pytest.raises(SystemExit):
+            parse("--preset", name)
+        err = capsys.readouterr().err
+        assert f"argument --preset: {says}" in err and "few-step presets: animatelcm-svd-xt" in err
+
+
+def test_preset_samples_as_the_loader_serves_it():
+    """The row's generator is the one SVD_MODEL=animatelcm-svd-xt serves, but for weights."""
+    from inference.loader import ModelChoice, load_generator
+    served = load_generator(ModelChoice("tiny", None, "cpu", preset=LCM),
+                            cpu_threads=torch.get_num_threads(), memory_profile="full")
+    ours = sampling_options(LCM.scheduler, LCM)
+    assert type(served.scheduler) is type(ours["scheduler"])
+    assert vars(served.scheduler).keys() == vars(ours["scheduler"]).keys()
+    assert all(getattr(served.scheduler, k) == v for k, v in vars(ours["scheduler"]).items()
+               if isinstance(v, (int, float)))
+    assert served.guidance_slope == ours["guidance_slope"] == 0.25
+    assert served.max_decode_chunk == ours["max_decode_chunk"] == 4
+    assert served.default_steps == LCM.steps == 4

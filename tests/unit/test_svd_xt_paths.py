@@ -1,7 +1,7 @@
 """Every path the GPU takes, on SVD-XT's block structure, on the CPU: the narrow random-weight
 SVD-XT (inference/random_arch.py) through the full, balanced and low profiles, a batch, the
 step cache (with the guidance halves batched and one after the other), compiling and FP8,
-against diffusers' own pipeline call."""
+against diffusers' own pipeline call; and the few-step preset's path (consistency sampler)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +10,9 @@ import torch
 from PIL import Image
 
 from inference.base import GenerationRequest
+from inference.consistency import ConsistencyScheduler
+from inference.loader import GUIDANCE_SLOPES
+from inference.presets import PRESETS
 from inference.random_arch import build_random_pipeline
 from inference.speed import SpeedOptions, apply_fp8, fp8_eligible
 from inference.svd import DECODE_CHUNKS, SvdGenerator
@@ -143,3 +146,32 @@ def test_fp8_quantizes_the_fp16_unet(monkeypatch):
     after = unet(*inputs).sample
     assert after.dtype == torch.float16 and torch.isfinite(after).all()
     assert (after - before).norm() / before.norm() < 0.1
+
+
+def few_step(pipe, profile: str = "full", **speed) -> SvdGenerator:
+    """The animatelcm-svd-xt preset's generator over the narrow SVD-XT (random weights: the
+    path, not the quality, is what is checked here)."""
+    return SvdGenerator(pipe, "cpu", "svd-xt-narrow few-step", FRAMES, 4, profile=profile,
+                        speed=SpeedOptions(**speed), scheduler=ConsistencyScheduler(),
+                        guidance_slope=GUIDANCE_SLOPES["animatelcm"],
+                        max_decode_chunk=PRESETS["animatelcm-svd-xt"].decode_chunk)
+
+
+def test_the_few_step_path_runs_four_unet_calls_and_composes(pipe, reference):
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        gen, steps = few_step(pipe), []
+        first = gen.generate(request(cfg_scale=1.8), lambda done, total: steps.append((done, total)))
+        assert calls == [2] * 4                     # 4 steps, both guidance halves in one call
+        assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)] and gen.decode_chunk_size == 4
+        assert max_diff(gen.generate(request(cfg_scale=1.8)), first) == 0   # same seed, same video
+        one, two = gen.generate_batch([request(1, 1.8), request(2, 1.8)])
+        assert max_diff(one, first) <= 1 and max_diff(two, one) > 16
+        assert max_diff(first, reference) > 16      # not the Euler path's video
+        calls.clear()
+        few_step(pipe, "low").generate(request(cfg_scale=1.8))
+        assert calls == [1] * 8                     # the halves one after the other
+    finally:
+        hook.remove()
+        few_step(pipe, "full")                      # the shared pipeline back to full speed
