@@ -175,3 +175,28 @@ def test_the_few_step_path_runs_four_unet_calls_and_composes(pipe, reference):
     finally:
         hook.remove()
         few_step(pipe, "full")                      # the shared pipeline back to full speed
+
+
+def test_svd_unet_loads_a_single_file_of_svd_xt_architecture_and_refuses_a_misfit(pipe, tmp_path):
+    """SVD_UNET's loader on SVD-XT's block structure: a single .safetensors (fp16, as
+    AnimateLCM ships) loads into another random UNet of the same architecture; a file with one
+    tensor renamed or cut, or of another architecture, is refused and nothing is loaded."""
+    from safetensors.torch import save_file
+
+    from inference.unet_file import UNetFileError, load_unet_weights
+    state = {k: v.half().contiguous() for k, v in pipe.unet.state_dict().items()}
+    save_file(state, str(tmp_path / "unet.safetensors"))
+    other = build_random_pipeline("svd-xt-narrow", "cpu", torch.float32, seed=7).unet
+    probe = "down_blocks.0.attentions.0.proj_in.weight"
+    assert not torch.equal(other.state_dict()[probe], pipe.unet.state_dict()[probe])
+    assert load_unet_weights(other, tmp_path / "unet.safetensors") == len(state)
+    assert all(torch.equal(v, state[k].float()) for k, v in other.state_dict().items())
+
+    before = other.state_dict()[probe].clone()
+    state["conv_out.weights"] = state.pop("conv_out.weight")
+    state[probe] = state[probe][:, :-1].contiguous()
+    save_file(state, str(tmp_path / "misfit.safetensors"))
+    with pytest.raises(UNetFileError) as err:
+        load_unet_weights(other, tmp_path / "misfit.safetensors")
+    assert "conv_out.weight" in str(err.value) and probe in str(err.value)
+    assert torch.equal(other.state_dict()[probe], before)
