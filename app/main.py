@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from app.api import generation, ops, playground
+from app.api import docs, generation, ops, playground
 from app.api.errors import install_error_handlers
 from app.api.event_hub import EventHub
 from app.api.limits import RateLimiter
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
 
     app = FastAPI(title="svd-server: Stable Video Diffusion API", version="v2beta",
                   description="A self-hosted Stability AI image-to-video API.",
-                  lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  lifespan=lifespan, docs_url=None, redoc_url=None,   # /docs: app/api/docs.py
                   redirect_slashes=False)    # never a Location built from the Host header
     app.state.settings = settings
     app.state.runtime = runtime
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
     app.include_router(generation.router)
     app.include_router(ops.router)
     app.include_router(playground.router)
+    app.include_router(docs.router)
     app.openapi = lambda: openapi_document(app)
     return app
 

@@ -48,6 +48,7 @@ lazy-importer      0.1.0    required by importlib-metadata before Python 3.15
 av                 18.1.0   MP4 encoding (PyAV)
 torchao            -        fast mode's FP8 matmuls; pinned by torch above
 fastapi            0.165.0  the API
+fastapi-offline    1.7.7    the Swagger UI files /docs serves (no CDN)
 starlette          1.10.0   required by fastapi
 opentelemetry-api  1.45.2   required by fastapi
 uvicorn            0.55.0   the server

@@ -15,9 +15,9 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]
-# The API serves JSON and MP4 only; the interactive docs page needs scripts and styles.
+# The API serves JSON and MP4 only. The pages (the playground at /, the docs at /docs) send
+# policies of their own, which this one does not replace.
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect")
 
 
 class RequestMiddleware:
@@ -47,7 +47,7 @@ class RequestMiddleware:
                 headers.append((b"x-request-id", rid.encode()))
                 headers.extend(SECURITY_HEADERS)
                 has_csp = any(name.lower() == API_CSP[0] for name, _ in headers)
-                if scope["path"] not in DOCS_PATHS and not has_csp:
+                if not has_csp:
                     headers.append(API_CSP)
                 label = self.model_label()
                 if label:

@@ -18,12 +18,14 @@ class Failed(Exception):
 
 class Bar:
     """Progress on stderr, one line per phase: rich's bars on a terminal, plain lines
-    otherwise (logs, CI): on a new phase, at the end of one, and at most every 2 s between."""
+    otherwise (logs, CI): on a new phase, at the end of one, and at most every 2 s between.
+    With `items` (several videos): an overall "3/5 done" above one line for the current stage."""
 
-    def __init__(self):
-        self.progress = self.task = None
+    def __init__(self, items: int = 0):
+        self.progress = self.task = self.overall = None
         self.phase = self._last = None
         self._printed_at = 0.0
+        self.items, self.count_text = items, f"0/{items} done" if items else ""
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (BarColumn, Progress, SpinnerColumn, TextColumn,
@@ -32,6 +34,14 @@ class Bar:
                                      BarColumn(), TextColumn("{task.fields[detail]}"),
                                      TimeElapsedColumn(), console=Console(stderr=True))
             self.progress.start()
+            if items:
+                self.overall = self.progress.add_task("videos", total=items, detail=self.count_text)
+
+    def count(self, done: int, failed: int = 0) -> None:
+        """With `items`: how many are finished (`failed` of them without a video)."""
+        self.count_text = f"{done}/{self.items} done" + (f", {failed} failed" if failed else "")
+        if self.progress is not None:
+            self.progress.update(self.overall, completed=done, detail=self.count_text)
 
     def show(self, phase: str, done: float | None = None, total: float | None = None,
              detail: str = "") -> None:
@@ -40,9 +50,13 @@ class Bar:
             if (phase, detail) != self._last and (
                     phase != self.phase or (total and done == total) or now - self._printed_at >= 2):
                 self._last, self.phase, self._printed_at = (phase, detail), phase, now
-                print(f"{phase} {detail}".rstrip(), file=sys.stderr, flush=True)
+                prefix = f"[{self.count_text}] " if self.items else ""
+                print(f"{prefix}{phase} {detail}".rstrip(), file=sys.stderr, flush=True)
             return
-        if phase != self.phase:
+        if phase != self.phase and self.items and self.task is not None:
+            self.progress.update(self.task, description=phase)     # one stage line, reused
+            self.phase = phase
+        elif phase != self.phase:
             self._finish_task()
             self.task = self.progress.add_task(phase, total=total, detail=detail)
             self.phase = phase

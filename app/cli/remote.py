@@ -1,13 +1,14 @@
-"""`svd-server generate --server URL`: the same generation through a running svd-server.
+"""`svd-server generate --server URL`: the same generations through a running svd-server.
 
-POST the image, poll the result every 0.5 s with `accept: video/*`, save the MP4. The 202
-body may carry `stage`, `progress`, `queue_position` and `eta_seconds`; they are shown when
-present. httpx is imported only here, when a server is named.
+POST every image first, then poll their results together every 0.5 s with `accept: video/*`
+and save each MP4. The 202 body may carry `stage`, `progress`, `queue_position` and
+`eta_seconds`; they are shown when present. httpx is imported only here, when a server is named.
 """
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from app.cli.console import Bar, Failed, write_atomic
@@ -58,61 +59,144 @@ def _stage(body: dict) -> tuple[str, float | None, str]:
     return stage, progress, ", ".join(parts)
 
 
-def generate_remote(server: str, args, settings, data: bytes, out: Path, bar: Bar) -> str:
-    """POST to `server`, poll every 0.5 s, save the MP4; returns the server's seed header."""
+def _httpx():
     try:
         import httpx
     except ImportError:
         raise Failed("--server needs httpx: pip install httpx", 2) from None
+    return httpx
+
+
+def server_sizes(server: str, settings):
+    """(`settings` with the server's allowed sizes, what to call them) for --fit, from its
+    public GET /playground/config.json; a server that does not say them gets a warning and
+    this machine's SVD_ALLOWED_SIZES."""
+    httpx = _httpx()
+    base = server.rstrip("/")
+    try:
+        r = httpx.get(f"{base}/playground/config.json", timeout=httpx.Timeout(30, connect=10))
+        body = r.json() if r.status_code == 200 else {}
+        sizes = tuple((int(w), int(h)) for w, h in body["allowed_sizes"])
+        update = {"allowed_sizes": sizes, "max_pixels": int(body["max_pixels"])}
+    except httpx.HTTPError as exc:
+        raise Failed(f"cannot reach {base}: {exc}") from None
+    except (ValueError, KeyError, TypeError):
+        print(f"WARNING: {base} does not say which sizes it allows; fitting images to "
+              "SVD_ALLOWED_SIZES as set here", file=sys.stderr, flush=True)
+        return settings, "SVD_ALLOWED_SIZES"
+    return settings.model_copy(update=update), "the server's SVD_ALLOWED_SIZES"
+
+
+@dataclass
+class _Job:
+    index: int
+    name: str
+    data: bytes
+    out: Path
+    id: str = ""
+    next_try: float = 0.0         # not before then: the next POST (refused for now) or GET
+    stage: tuple | None = None    # the last 202 body's (phase, progress, detail)
+
+
+def generate_remote(server: str, args, settings, items, bar: Bar, report=None) -> list[str]:
+    """POST each (name, data, out) of `items`, then poll them all (every 0.5 s; queued ones
+    less often) and save each MP4 as it comes, within --timeout; returns the server's seeds.
+    Without `report`, the first error raises Failed (one image). With it, `report(index,
+    seed, error)` as each ends and the others go on; a full queue (429, 503) only delays a
+    POST. No key, an unreachable server or a refused key end it all (Failed)."""
+    httpx = _httpx()
     base = server.rstrip("/")
     headers = {"authorization": f"Bearer {_api_key(args, settings)}"}
     form = {"seed": str(args.seed), "cfg_scale": str(args.cfg_scale),
             "motion_bucket_id": str(args.motion_bucket_id)}
     form.update({k: str(v) for k, v in (("frames", args.frames), ("steps", args.steps)) if v})
     deadline = time.monotonic() + args.timeout
+    jobs = [_Job(i, name, data, out) for i, (name, data, out) in enumerate(items)]
+    waiting, running, seeds = list(jobs), [], [""] * len(jobs)
+
+    def end(job: _Job, seed: str, error: str | None) -> None:
+        if error and report is None:
+            raise Failed(error)
+        seeds[job.index] = seed
+        if report is not None:
+            report(job.index, seed or None, error)
+
     with httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(120, connect=10)) as http:
-        bar.show("uploading", detail=base)
-        try:
-            r = http.post("/v2beta/image-to-video", data=form,
-                          files={"image": (Path(args.image).name, data)})
-        except httpx.HTTPError as exc:
-            raise Failed(f"cannot reach {base}: {exc}") from None
-        if r.status_code != 200:
-            raise Failed(_server_error(r))
-        try:
-            job_id = r.json()["id"]
-        except (ValueError, KeyError, TypeError):
-            raise Failed(f"{base} is not an svd-server (no id in {r.text[:100]!r})") from None
-        if "fallback" in r.headers.get("x-svd-model", ""):
-            print(f"WARNING: the server runs {r.headers['x-svd-model']}: its videos are noise",
-                  file=sys.stderr, flush=True)
-        print(f"generation id: {job_id}", file=sys.stderr, flush=True)
-        misses = 0
-        while True:
-            try:
-                r = http.get(f"/v2beta/image-to-video/result/{job_id}",
-                             headers={"accept": "video/*"})
-                misses = 0
-            except httpx.HTTPError as exc:          # a blip must not lose a long generation
-                misses += 1
-                if misses >= 10:
-                    raise Failed(f"lost the server at {base}: {exc}") from None
-                r = None
-            if r is not None and r.status_code == 200:
-                break
-            if r is not None and r.status_code != 202:
-                raise Failed(_server_error(r))
-            if r is not None:
-                stage, progress, detail = _stage(r.json())
+        misses, warned = 0, False
+        while waiting or running:
+            for job in [j for j in waiting if j.next_try <= time.monotonic()]:
+                bar.show("uploading", detail=f"{job.name} to {base}" if report else base)
+                try:
+                    r = http.post("/v2beta/image-to-video", data=form,
+                                  files={"image": (Path(job.name).name, job.data)})
+                except httpx.HTTPError as exc:
+                    raise Failed(f"cannot reach {base}: {exc}") from None
+                if r.status_code in (401, 403):
+                    raise Failed(_server_error(r))
+                if r.status_code in (429, 503) and report is not None:
+                    job.next_try = time.monotonic() + float(r.headers.get("retry-after") or 5)
+                    break                                   # the next ones would wait too
+                waiting.remove(job)
+                if r.status_code != 200:
+                    end(job, "", _server_error(r))
+                    continue
+                try:
+                    job.id = r.json()["id"]
+                except (ValueError, KeyError, TypeError):
+                    raise Failed(f"{base} is not an svd-server (no id in {r.text[:100]!r})"
+                                 ) from None
+                if "fallback" in r.headers.get("x-svd-model", "") and not warned:
+                    warned = True
+                    print(f"WARNING: the server runs {r.headers['x-svd-model']}: its videos are "
+                          "noise", file=sys.stderr, flush=True)
+                if report is None:
+                    print(f"generation id: {job.id}", file=sys.stderr, flush=True)
+                running.append(job)
+            due = [j for j in running if j.next_try <= time.monotonic()]
+            answered = False
+            for job in due:
+                try:
+                    r = http.get(f"/v2beta/image-to-video/result/{job.id}",
+                                 headers={"accept": "video/*"})
+                    answered = True
+                except httpx.HTTPError as exc:      # a blip must not lose a long generation
+                    if misses >= 9:
+                        raise Failed(f"lost the server at {base}: {exc}") from None
+                    continue
+                if r.status_code == 202:
+                    job.stage = _stage(r.json())
+                    position = r.json().get("queue_position") or 0
+                    job.next_try = time.monotonic() + min(5.0, POLL_INTERVAL_S * max(1, position))
+                    continue
+                running.remove(job)
+                if r.status_code != 200:
+                    end(job, "", _server_error(r))
+                    continue
+                bar.show("saving", detail=f"{job.name}: {len(r.content)} bytes" if report
+                         else f"{len(r.content)} bytes")
+                try:
+                    write_atomic(job.out, lambda p: Path(p).write_bytes(r.content))
+                except OSError as exc:
+                    end(job, "", f"cannot write {job.out}: {exc.strerror or exc}")
+                    continue
+                if args.frames:
+                    _warn_if_frames_ignored(job.out, args.frames)
+                end(job, r.headers.get("seed", "?"), None)
+            misses = 0 if answered or not due else misses + 1
+            shown = next((j for j in running if j.stage), None)
+            if shown is not None:
+                stage, progress, detail = shown.stage
+                if report is not None:
+                    detail = f"{shown.name}: {detail}".rstrip(": ")
                 bar.show(stage, progress, 1.0 if progress is not None else None, detail)
-            if time.monotonic() > deadline:
-                raise Failed(f"no result after {args.timeout:g} s; the id is {job_id}")
-            time.sleep(POLL_INTERVAL_S)
-    bar.show("saving", detail=f"{len(r.content)} bytes")
-    write_atomic(out, lambda p: Path(p).write_bytes(r.content))
-    if args.frames:
-        _warn_if_frames_ignored(out, args.frames)
-    return r.headers.get("seed", "?")
+            if (waiting or running) and time.monotonic() > deadline:
+                for job in running + waiting:
+                    end(job, "", f"no result after {args.timeout:g} s" + (
+                        f"; the id is {job.id}" if job.id else "; not submitted (queue full)"))
+                break
+            if waiting or running:
+                time.sleep(POLL_INTERVAL_S)
+    return seeds
 
 
 def _warn_if_frames_ignored(path: Path, wanted: int) -> None:

@@ -1,20 +1,27 @@
-"""`svd-server generate` (here and through a real server) and `svd-server doctor`, run as
-processes the way a user runs them, on the tiny random-weight model."""
+"""`svd-server generate` (here and through a real server, with --fit) and `svd-server
+doctor`, run as processes the way a user runs them, on the tiny random-weight model.
+Several images at once: test_cli_batch.py."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from app.cli.fit import fit_image, target_size
+from app.config import Settings
 from app.jobs.params import MAX_SEED
 from tests.helpers import ROOT, ServerProcess, inspect_mp4, png_bytes
 
 pytestmark = pytest.mark.slow
 KEY = "cli-test-key-3f9a"
-TINY = {"SVD_MODEL": "tiny", "SVD_ALLOWED_SIZES": "64x64", "SVD_NUM_FRAMES": "3", "SVD_STEPS": "2"}
+TINY = {"SVD_MODEL": "tiny", "SVD_ALLOWED_SIZES": "64x64,128x64", "SVD_NUM_FRAMES": "3",
+        "SVD_STEPS": "2"}
 
 
 def svd(*args: str, env: dict[str, str] | None = None, timeout: float = 180):
@@ -68,15 +75,16 @@ def test_frames_and_steps_flags_override_the_settings(tmp_path, image):
     assert inspect_mp4(out.read_bytes()).frames == 4
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"this is not an image", "must be a PNG or JPEG"),
-    (png_bytes(96, 64), "dimensions 96x64 are not supported; use one of 64x64"),
+@pytest.mark.parametrize("content, fit, message", [
+    (b"this is not an image", "crop", "bad.png: image must be a PNG or JPEG"),
+    (png_bytes(96, 64), "none", "bad.png: image dimensions 96x64 are not supported; use one of "
+                                "64x64, 128x64"),
 ])
-def test_local_bad_image_fails_clearly(tmp_path, content, message):
+def test_local_bad_image_fails_clearly(tmp_path, content, fit, message):
     bad = tmp_path / "bad.png"
     bad.write_bytes(content)
     out = tmp_path / "out.mp4"
-    run = svd("generate", str(bad), "-o", str(out), env=local_env(tmp_path))
+    run = svd("generate", str(bad), "-o", str(out), "--fit", fit, env=local_env(tmp_path))
     assert run.returncode == 1
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
@@ -98,6 +106,103 @@ def test_missing_input_or_output_dir_or_bad_setting_exit_2(tmp_path, image):
     run = svd("generate", str(image), "-o", str(tmp_path / "o.mp4"),
               env={**env, "SVD_MODEL": str(tmp_path / "no-model")})
     assert run.returncode == 2 and "model_index.json" in run.stderr
+
+
+# --fit: an image of another size is scaled to the allowed size nearest in aspect ratio.
+# 100x70 (aspect 1.43) is nearer 128x64 (2.0) than 64x64 (1.0) in log ratio.
+
+@pytest.mark.parametrize("fit, done", [("crop", "cropped"), ("pad", "padded")])
+def test_fit_brings_an_odd_size_to_the_nearest_allowed_one(tmp_path, fit, done):
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(png_bytes(100, 70, color=(200, 180, 60)))
+    out = tmp_path / "out.mp4"
+    run = svd("generate", str(odd), "-o", str(out), "--fit", fit, env=local_env(tmp_path))
+    assert run.returncode == 0, run.stderr
+    info = inspect_mp4(out.read_bytes())
+    assert (info.frames, info.width, info.height) == (3, 128, 64)
+    assert f"{odd}: 100x70 {done} to 128x64 (SVD_ALLOWED_SIZES)\n" in run.stderr
+    assert f"saved: {out}" in run.stdout
+
+
+def exif_rotated_jpeg(stored_w: int, stored_h: int) -> bytes:
+    """A JPEG stored `stored_w`x`stored_h` whose EXIF orientation 6 turns it a quarter."""
+    img = Image.new("RGB", (stored_w, stored_h), (90, 30, 200))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_fit_applies_the_exif_orientation_first(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(exif_rotated_jpeg(70, 100))      # shown 100x70: fits 128x64, not 64x64
+    out = tmp_path / "out.mp4"
+    run = svd("generate", str(photo), "-o", str(out), env=local_env(tmp_path))
+    assert run.returncode == 0, run.stderr
+    info = inspect_mp4(out.read_bytes())
+    assert (info.width, info.height) == (128, 64)
+    assert (f"{photo}: 100x70 (turned by its EXIF orientation) cropped to 128x64 "
+            "(SVD_ALLOWED_SIZES)") in run.stderr
+
+
+def test_fit_none_refuses_as_the_server_does(tmp_path):
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(png_bytes(100, 70))
+    out = tmp_path / "out.mp4"
+    run = svd("generate", str(odd), "-o", str(out), "--fit", "none", env=local_env(tmp_path))
+    assert run.returncode == 1
+    assert (f"error: {odd}: image dimensions 100x70 are not supported; use one of 64x64, "
+            "128x64") in run.stderr
+    assert "cropped" not in run.stderr and not out.exists()
+    run = svd("generate", str(odd), "-o", str(out), "--fit", "stretch", env=local_env(tmp_path))
+    assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def test_fit_pads_with_black_and_crops_to_the_edges():
+    """The pixels the CLI sends or uses (the same function does both), in this process."""
+    settings = Settings(allowed_sizes="64x64,128x64")
+    source = png_bytes(100, 70, color=(200, 180, 60))
+    padded, note = fit_image(source, settings, "pad", "x.png")
+    assert note == "x.png: 100x70 padded to 128x64 (SVD_ALLOWED_SIZES)"
+    px = pixels(padded)
+    assert px.shape == (64, 128, 3)                    # scaled to 91x64, 18-19 px each side
+    assert (px[:, :17] == 0).all() and (px[:, -17:] == 0).all()
+    assert (abs(px[:, 24:104] - (200, 180, 60)) <= 2).all()
+    cropped, note = fit_image(source, settings, "crop", "x.png")
+    assert note == "x.png: 100x70 cropped to 128x64 (SVD_ALLOWED_SIZES)"
+    px = pixels(cropped)
+    assert px.shape == (64, 128, 3)
+    assert (abs(px - (200, 180, 60)) <= 2).all()       # no border anywhere: edge to edge
+    allowed = png_bytes(128, 64)
+    assert fit_image(allowed, settings, "crop") == (allowed, None)     # untouched, no line
+    assert fit_image(source, settings, "none") == (source, None)
+
+
+@pytest.mark.parametrize("size, max_pixels, expected", [
+    ((100, 70), 1024 * 1024, (128, 64)),
+    ((1200, 900), 1024 * 1024, (1152, 896)),           # scaled down into the pixel budget
+    ((4000, 3000), 1024 * 576, (832, 640)),           # 4:3 nearer 1.3 than 1.4
+    ((30, 500), 1024 * 1024, (64, 512)),
+    ((20, 20), 64 * 64, (64, 64)),
+])
+def test_fit_target_with_any_size(size, max_pixels, expected):
+    settings = Settings(allowed_sizes="any", max_pixels=max_pixels)
+    got = target_size(*size, settings)
+    assert got == expected
+    assert settings.size_allowed(*got, exact=True)
+
+
+def test_fit_target_from_the_list_is_nearest_in_aspect_ratio():
+    settings = Settings(allowed_sizes="1024x576,576x1024,768x768")
+    assert target_size(1200, 900, settings) == (768, 768)
+    assert target_size(1920, 1080, settings) == (1024, 576)
+    assert target_size(900, 1600, settings) == (576, 1024)
+    assert target_size(4000, 2000, settings) == (1024, 576)
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +229,25 @@ def test_remote_errors_are_the_servers_words(server, tmp_path, image):
     bad = tmp_path / "wide.png"
     bad.write_bytes(png_bytes(96, 64))
     env = {"SVD_BASE_URL": server.url, "SVD_API_KEY": KEY}       # the environment, not flags
-    run = svd("generate", str(bad), "-o", str(tmp_path / "o.mp4"), env=env)
+    run = svd("generate", str(bad), "-o", str(tmp_path / "o.mp4"), "--fit", "none", env=env)
     assert run.returncode == 1
     assert "400" in run.stderr and "dimensions 96x64 are not supported" in run.stderr
     run = svd("generate", str(image), "-o", str(tmp_path / "o.mp4"),
               env={**env, "SVD_API_KEY": "wrong-key"})
     assert run.returncode == 1 and "401" in run.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_remote_generate_fits_the_image_before_sending(server, tmp_path):
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(png_bytes(100, 70))
+    out = tmp_path / "remote.mp4"
+    run = svd("generate", str(odd), "-o", str(out), "--fit", "pad", "--server", server.url,
+              "--api-key", KEY)
+    assert run.returncode == 0, run.stdout + run.stderr
+    info = inspect_mp4(out.read_bytes())
+    assert (info.width, info.height) == (128, 64)      # the server got an exact allowed size
+    assert f"{odd}: 100x70 padded to 128x64 (the server's SVD_ALLOWED_SIZES)" in run.stderr
 
 
 @pytest.mark.parametrize("key_from", ["env", "file"])
