@@ -111,8 +111,10 @@ def test_missing_input_or_output_dir_or_bad_setting_exit_2(tmp_path, image):
 # --fit: an image of another size is scaled to the allowed size nearest in aspect ratio.
 # 100x70 (aspect 1.43) is nearer 128x64 (2.0) than 64x64 (1.0) in log ratio.
 
-@pytest.mark.parametrize("fit, done", [("crop", "cropped"), ("pad", "padded")])
-def test_fit_brings_an_odd_size_to_the_nearest_allowed_one(tmp_path, fit, done):
+def test_fit_brings_an_odd_size_to_the_nearest_allowed_one(tmp_path):
+    # `pad` through a process: test_remote_generate_fits_the_image_before_sending; its pixels:
+    # test_fit_pads_with_black_and_crops_to_the_edges.
+    fit, done = "crop", "cropped"
     odd = tmp_path / "odd.png"
     odd.write_bytes(png_bytes(100, 70, color=(200, 180, 60)))
     out = tmp_path / "out.mp4"

@@ -165,7 +165,6 @@ def test_the_few_step_path_runs_four_unet_calls_and_composes(pipe, reference):
         first = gen.generate(request(cfg_scale=1.8), lambda done, total: steps.append((done, total)))
         assert calls == [2] * 4                     # 4 steps, both guidance halves in one call
         assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)] and gen.decode_chunk_size == 4
-        assert max_diff(gen.generate(request(cfg_scale=1.8)), first) == 0   # same seed, same video
         one, two = gen.generate_batch([request(1, 1.8), request(2, 1.8)])
         assert max_diff(one, first) <= 1 and max_diff(two, one) > 16
         assert max_diff(first, reference) > 16      # not the Euler path's video
