@@ -225,3 +225,37 @@ def run_bench(tmp_path: Path, command: str, *args: str, timeout: float = 300):
                           timeout=timeout, **popen_kwargs())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads(out.read_text())
+
+
+BROWSER_DIR = ROOT / "tests" / "browser"
+
+
+def browser_node() -> str:
+    """The `node` that runs the browser specs, once Chromium and playwright-core are there;
+    else skipped (failed under CI=true) with what is missing."""
+    import shutil
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        skip_or_fail("Node.js and npm are needed for the browser test")
+    chromium = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+    if not chromium.exists():
+        skip_or_fail(f"no Chromium at {chromium} (apt-get install chromium)")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        skip_or_fail("playwright-core is not installed (npm ci in tests/browser)")
+    return node
+
+
+def browser_outcome(proc, screenshot: Path, artifact: Path, server) -> None:
+    """After a browser spec ran: keep its screenshot as an artifact, print its output, and
+    fail the test with that output and the server log's end if it failed."""
+    import shutil
+
+    import pytest
+    if screenshot.exists():
+        artifact.parent.mkdir(exist_ok=True)
+        shutil.copyfile(screenshot, artifact)
+    print(proc.stdout)
+    if proc.returncode != 0:
+        pytest.fail(f"the browser test failed (exit {proc.returncode}); screenshot: {artifact}\n"
+                    f"{proc.stdout}\n{proc.stderr}\n--- server log (end) ---\n{server.log()[-4000:]}",
+                    pytrace=False)

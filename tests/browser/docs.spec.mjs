@@ -5,7 +5,7 @@
 //
 // Exits 0 when every check passes, 1 with a message naming the failed check otherwise.
 // tests/browser/test_docs_page.py runs it with a server it starts itself.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const env = (name, fallback) => {
   const value = process.env[name] ?? fallback;
@@ -14,7 +14,6 @@ const env = (name, fallback) => {
 };
 const BASE = env("DOCS_URL").replace(/\/$/, "");
 const SCREENSHOT = env("DOCS_SCREENSHOT");
-const CHROMIUM = env("CHROMIUM_PATH", "/usr/bin/chromium");
 const ORIGIN = new URL(BASE).origin;
 
 const log = (...args) => console.log("[docs]", ...args);
@@ -28,13 +27,7 @@ const operation = (page, method, path) =>
     .filter({ has: page.locator(".opblock-summary-path", { hasText: new RegExp(`^${path.replace(/[{}]/g, "\\$&")}$`) }) });
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 60_000,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launchChromium();
   const problems = [];        // page errors, CSP violations, console errors
   const offsite = [];         // requests to any other origin: aborted, and a failure
   const local = [];

@@ -15,7 +15,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const env = (name, fallback) => {
   const value = process.env[name] ?? fallback;
@@ -29,7 +29,6 @@ const ODD_IMAGE = env("PLAYGROUND_ODD_IMAGE");
 const EXIF_IMAGE = env("PLAYGROUND_EXIF_IMAGE");
 const WORK = env("PLAYGROUND_WORK");
 const SCREENSHOT = env("PLAYGROUND_SCREENSHOT");
-const CHROMIUM = env("CHROMIUM_PATH", "/usr/bin/chromium");
 const TIMEOUT_MS = Number(env("PLAYGROUND_TIMEOUT_MS", "150000"));
 const SEED = "7";
 const SIZE = 64;
@@ -81,13 +80,7 @@ const newVideo = (page, old, width) => page.waitForFunction(([old, width]) => {
 async function main() {
   const downloads = mkdtempSync(join(tmpdir(), "svd-playground-dl-"));
   // launch() gives Chromium a new, empty profile directory of its own (and removes it after).
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 60_000,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launchChromium();
   const problems = [];        // page errors, CSP violations, console errors
   const requests = [];
   let page;

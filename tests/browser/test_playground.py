@@ -21,13 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tests.helpers import ServerProcess, skip_or_fail
+from tests.helpers import ServerProcess, browser_node, browser_outcome, skip_or_fail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]   # server start + browser run
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "playground.spec.mjs"
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 ARTIFACT = HERE / "artifacts" / "playground.png"
 KEY = "browser-test-key"
 SIZE = 64
@@ -89,19 +88,8 @@ def run_curl(bash: str, text: str, workdir: Path, base_url: str) -> str:
         time.sleep(0.3)
 
 
-def requirements() -> str:
-    node = shutil.which("node")
-    if node is None or shutil.which("npm") is None:
-        skip_or_fail("Node.js and npm are needed for the browser test")
-    if not CHROMIUM.exists():
-        skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    if not (HERE / "node_modules" / "playwright-core").is_dir():
-        skip_or_fail("playwright-core is not installed (npm ci in tests/browser)")
-    return node
-
-
 def test_playground_generates_and_plays_a_video(tmp_path):
-    node = requirements()
+    node = browser_node()
     bash = shutil.which("bash")
     if shutil.which("curl") is None or bash is None:
         skip_or_fail("curl and bash are needed to run the page's \"copy as curl\" text")
@@ -124,7 +112,7 @@ def test_playground_generates_and_plays_a_video(tmp_path):
                    "PLAYGROUND_IMAGE": str(image), "PLAYGROUND_ODD_IMAGE": str(odd),
                    "PLAYGROUND_EXIF_IMAGE": str(exif), "PLAYGROUND_WORK": str(work),
                    "PLAYGROUND_SCREENSHOT": str(screenshot),
-                   "CHROMIUM_PATH": str(CHROMIUM), "PLAYGROUND_TIMEOUT_MS": "150000"}
+                   "PLAYGROUND_TIMEOUT_MS": "150000"}
         try:
             proc = subprocess.run([node, str(SPEC)], cwd=HERE, env=run_env, capture_output=True,
                                   text=True, timeout=240)
@@ -140,14 +128,7 @@ def test_playground_generates_and_plays_a_video(tmp_path):
                 curl_error = f"running the \"copy as curl\" text: {exc!r}"
     finally:
         server.stop()
-    if screenshot.exists():
-        ARTIFACT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(screenshot, ARTIFACT)
-    print(proc.stdout)
-    if proc.returncode != 0:
-        pytest.fail(f"the browser test failed (exit {proc.returncode}); screenshot: {ARTIFACT}\n"
-                    f"{proc.stdout}\n{proc.stderr}\n--- server log (end) ---\n{server.log()[-4000:]}",
-                    pytrace=False)
+    browser_outcome(proc, screenshot, ARTIFACT, server)
     log = server.log()
     assert curl_error is None, f"{curl_error}\n--- server log (end) ---\n{log[-4000:]}"
     # The image curl sent is the fitted one, at the allowed size.
