@@ -49,17 +49,31 @@ async def start(request: Request, owner: str = Depends(require_owner)):
     if state.runtime.draining:
         metrics.rejected.labels("draining").inc()
         raise ApiError.unavailable(DRAINING_RETRY_S, "it is shutting down")
-    if state.limiter is not None and (wait := state.limiter.hit(owner)) is not None:
+    # Only generations that start count against the rate (see app/api/limits.py): a slot is
+    # reserved before the body is read, so a key at its limit gets its 429 at once and a
+    # concurrent burst cannot pass the limit; it is kept once the job is queued and given
+    # back on any refusal (400, 413, queue or storage full, a dropped connection).
+    limiter = state.limiter
+    slot = limiter.reserve(owner) if limiter is not None else None
+    if slot is not None and slot.wait is not None:
         metrics.rejected.labels("rate").inc()
         limit, window = state.settings.rate
-        raise ApiError.rate_limited(wait, f"more than {limit} generations in {window:g} s")
-    params = await parse_generation(request, state.settings)
+        raise ApiError.rate_limited(slot.wait, f"more than {limit} generations in {window:g} s")
+    started = False
     try:
-        job = await run_in_threadpool(state.service.submit, owner, params)
-    except SubmitRefused as refused:
-        metrics.rejected.labels(refused.reason.value).inc()
-        raise ApiError.rate_limited(refused.retry_after or QUEUE_FULL_RETRY_S,
-                                    refused.what) from None
+        params = await parse_generation(request, state.settings)
+        try:
+            job = await run_in_threadpool(state.service.submit, owner, params)
+        except SubmitRefused as refused:
+            metrics.rejected.labels(refused.reason.value).inc()
+            raise ApiError.rate_limited(refused.retry_after or QUEUE_FULL_RETRY_S,
+                                        refused.what) from None
+        started = True
+    finally:
+        if slot is not None and started:
+            limiter.keep(slot)
+        elif slot is not None:
+            limiter.release(slot)
     client = {h.removeprefix("stability-"): request.headers[h][:256]
               for h in CLIENT_HEADERS if h in request.headers}
     log.info(kv(request_id=request_id.get(), job=job.id, event="queued",

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from app.api.limits import RateLimiter
+from app.jobs.model import JobState
 from tests.api.test_start import assert_error, start
 from tests.fakes import FakeGenerator
 from tests.helpers import KEY_A, KEY_B, jpeg_bytes, png_bytes, running_server
@@ -103,3 +105,56 @@ def test_what_a_key_keeps_stored_is_bounded(tmp_path):
         text = a.get("/metrics").text
         assert 'svd_requests_rejected_total{reason="storage_full"} 1.0' in text
         gen.release.set()
+
+
+def test_limiter_counts_kept_reservations_and_holds_slots_in_flight():
+    now = [0.0]
+    limiter = RateLimiter(2, 10.0, clock=lambda: now[0])
+    first, second = limiter.reserve("a"), limiter.reserve("a")
+    assert first.wait is None and second.wait is None
+    assert limiter.reserve("a").wait == 10.0        # two in flight hold both slots
+    limiter.release(first)                          # refused: it never counted
+    limiter.release(first)                          # twice: no-op
+    now[0] = 2.0
+    limiter.keep(second)                            # started at 2.0
+    third = limiter.reserve("a")
+    assert third.wait is None
+    limiter.keep(third)
+    limiter.keep(third)                             # twice: no-op
+    refused = limiter.reserve("a")
+    assert refused.wait == 10.0
+    limiter.release(refused)                        # a refused reservation frees nothing
+    assert limiter.reserve("a").wait == 10.0
+    assert limiter.hit("b") is None                 # per key
+    now[0] = 10.0
+    assert limiter.reserve("a").wait == 2.0         # counted from keep, not from reserve
+    now[0] = 11.9
+    assert abs(limiter.reserve("a").wait - 0.1) < 1e-9
+    now[0] = 12.0
+    assert limiter.reserve("a").wait is None
+
+
+def test_requests_refused_before_starting_do_not_count_against_the_rate(tmp_path):
+    with running_server(tmp_path, rate_limit="3/10s") as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+        for _ in range(3):                           # a size the server does not take: 400
+            assert_error(start(client, image=png_bytes(640, 480)), 400, "bad_request", "image")
+        too_big = b"\x89PNG\r\n\x1a\n" + b"\x00" * (10 * 1024 * 1024)
+        assert_error(start(client, image=too_big), 413, "payload_too_large", "body")
+        assert [start(client).status_code for _ in range(3)] == [200, 200, 200]
+        r = start(client)                            # the fourth start in the window
+        body = assert_error(r, 429, "rate_limit_exceeded", "rate_limit")
+        assert "3 generations in 10 s" in body["errors"][0]
+        assert 1 <= int(r.headers["retry-after"]) <= 10
+        metrics = client.get("/metrics").text
+        assert 'svd_requests_rejected_total{reason="rate"} 1.0' in metrics
+
+
+def test_concurrent_starts_cannot_pass_the_rate(tmp_path):
+    with running_server(tmp_path, rate_limit="3/30s") as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A},
+                         limits=httpx.Limits(max_connections=12)) as client:
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(lambda _: start(client).status_code, range(12)))
+        assert sorted(codes) == [200] * 3 + [429] * 9
+        assert sum(server.app.state.store.count(s) for s in JobState) == 3
