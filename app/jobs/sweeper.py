@@ -19,13 +19,23 @@ def sweep(store, results: ResultStore, settings: Settings, metrics=None) -> int:
         return _sweep(store, results, settings, metrics) if mine else 0
 
 
-def _sweep(store, results: ResultStore, settings: Settings, metrics) -> int:
-    now = time.time()
-    requeued = store.requeue_expired(now, settings.max_attempts, now + settings.result_ttl_s)
+def requeue_expired(store, now: float, max_attempts: int, result_ttl_s: float,
+                    metrics=None) -> int:
+    """Running jobs whose lease ran out (their worker died) → queued, or failed after
+    `max_attempts` claims; logged and counted as svd_worker_restarts_total{kind="lease_expired"}.
+    Every place that re-queues expired leases (the sweeper, each worker's claim loop) goes
+    through here. Returns how many jobs were re-queued or failed."""
+    requeued = store.requeue_expired(now, max_attempts, now + result_ttl_s)
     if requeued:
         log.warning(kv(event="lease_expired", jobs=requeued))
         if metrics is not None:
             metrics.worker_restarts.labels("lease_expired").inc(requeued)
+    return requeued
+
+
+def _sweep(store, results: ResultStore, settings: Settings, metrics) -> int:
+    now = time.time()
+    requeue_expired(store, now, settings.max_attempts, settings.result_ttl_s, metrics)
     removed = 0
     while True:
         batch = store.expired(now, BATCH)

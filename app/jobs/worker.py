@@ -31,6 +31,7 @@ from app.jobs.held import AbortReason, Held, Holder
 from app.jobs.model import JobState
 from app.jobs.outcomes import Outcomes
 from app.jobs.store import JobStore
+from app.jobs.sweeper import requeue_expired
 from app.logs import kv
 from app.results.base import ResultStore
 from inference.base import VideoGenerator
@@ -257,7 +258,8 @@ class Worker:
         # Jobs of dead workers: checked a few times per lease, not before every claim.
         if now - self._last_requeue >= self.cfg.lease_s / 3:
             self._last_requeue = now
-            self.store.requeue_expired(now, self.cfg.max_attempts, now + self.cfg.result_ttl_s)
+            requeue_expired(self.store, now, self.cfg.max_attempts, self.cfg.result_ttl_s,
+                            self.metrics)
         if self.cfg.crash_at == "queued" and self.store.count(JobState.QUEUED):
             crash_here("queued")          # with a job accepted and not yet claimed
         job = self.store.claim(self.name, now, self.cfg.lease_s)
