@@ -34,6 +34,16 @@ def draining_server(config, runtime, grace_s: float):
     return _Server(config)
 
 
+def check_database(settings) -> None:
+    """PostgreSQL: open the job store once before uvicorn starts, so that a database `serve`
+    cannot use (a schema not upgraded or newer than this code, no server) stops it with one
+    line and exit 2, like `svd-server worker`, before the port is bound. The app's lifespan
+    then opens it for good. (SQLite migrates itself there; nothing to check first.)"""
+    if settings.uses_postgres:
+        from app.backend import open_job_store
+        open_job_store(settings).close()
+
+
 def run(args) -> int:
     from app.http_guard import uvicorn_config
     from app.main import create_app
@@ -47,7 +57,10 @@ def run(args) -> int:
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)
-    except Exception as exc:            # ModelUnavailable and friends: say what to do, no trace
+        check_database(settings)
+    # ModelUnavailable, SystemExit("the database schema is not current: ...") and friends:
+    # say what to do, no trace
+    except (SystemExit, Exception) as exc:
         log.critical("cannot start: %s", exc)
         return 2
     config = uvicorn_config(app, settings, log_config=None, access_log=False,

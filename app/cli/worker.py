@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
                                            "queue through SVD_DATABASE_URL")
     worker.add_argument("--gpus", help="comma-separated GPU indices: one worker process each")
     worker.add_argument("--metrics-port", type=int,
-                        help="serve Prometheus metrics on this port (with --gpus: port + i "
-                             "for the i-th listed GPU)")
+                        help="serve Prometheus metrics on this port of SVD_HOST (with --gpus: "
+                             "port + i for the i-th listed GPU)")
     worker.set_defaults(func=run)
 
 
@@ -70,9 +70,9 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
     metrics = Metrics()
     backend = Backend(settings, metrics, [name], factory, runtime.on_fatal)
     runtime.workers = backend.workers
-    if metrics_port:
+    if metrics_port:        # on SVD_HOST, like the API: never 0.0.0.0 unless asked (SECURITY.md)
         from prometheus_client import start_http_server
-        start_http_server(metrics_port, registry=metrics.registry)
+        start_http_server(metrics_port, addr=settings.host, registry=metrics.registry)
 
     def on_signal(signum, frame):
         if runtime.draining:
@@ -83,7 +83,8 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info(kv(event="worker_started", worker=name, model=label, metrics_port=metrics_port))
+    log.info(kv(event="worker_started", worker=name, model=label, metrics_port=metrics_port,
+                metrics_host=settings.host if metrics_port else None))
     backend.start()
     while not done.wait(0.5):
         pass
@@ -93,7 +94,8 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
 
 def supervise(gpus: list[str], metrics_port: int | None = None) -> int:
     """One `svd-server worker` child per GPU; restart a child that dies; pass SIGTERM on.
-    With `metrics_port` N, the worker of the i-th listed GPU serves metrics on N + i."""
+    With `metrics_port` N, the worker of the i-th listed GPU serves metrics on N + i, on the
+    SVD_HOST that every child reads from the same environment."""
     host = socket.gethostname()
     children: dict[str, subprocess.Popen] = {}
     stopping = threading.Event()

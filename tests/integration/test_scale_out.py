@@ -144,3 +144,59 @@ def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(t
     finally:
         if sup.poll() is None:
             sup.kill()
+
+
+def listening_addresses(pid: int, port: int) -> list[str]:
+    """The addresses of the TCP sockets listening on `port`, from /proc/<pid>/net/tcp{,6}
+    (the kernel's table of `pid`'s network namespace)."""
+    import socket
+    from pathlib import Path
+
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, local_port = local.rsplit(":", 1)
+            if int(local_port, 16) != port or state != "0A":         # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)                  # 32-bit words in host byte order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(socket.inet_ntop(family, raw))
+    return found
+
+
+def test_worker_metrics_listen_on_svd_host_only(tmp_path, pg):
+    """--metrics-port binds SVD_HOST (127.0.0.1 here), never 0.0.0.0 (SECURITY.md)."""
+    import signal
+
+    if not os.path.exists(f"/proc/{os.getpid()}/net/tcp"):
+        pytest.skip("no /proc/<pid>/net/tcp on this system")
+    postgres_url, _ = pg
+    port = free_port()
+    env = {**os.environ, "SVD_DATABASE_URL": postgres_url, "SVD_MODEL": "tiny",
+           "SVD_HOST": "127.0.0.1", "SVD_DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1",
+           "SVD_WORKER_NAME": "test-host/metrics"}
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--metrics-port",
+                             str(port)], cwd=ROOT, env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, **popen_kwargs())
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, log.read_text()
+                assert time.time() < deadline, log.read_text()
+                time.sleep(0.2)
+        assert r.status_code == 200 and "svd_" in r.text, r.text[:500]
+        assert listening_addresses(proc.pid, port) == ["127.0.0.1"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
