@@ -3,10 +3,11 @@
 
 Local runs use the same SVD_* settings as the server: allowed sizes, model, frames, steps,
 fps, CPU threads. Images of another size are first fitted to an allowed one (app/cli/fit.py).
-Several images (files or folders) make one video each into the folder -o; one that fails is
-reported and the others go on. Exit status: 0 all done, 1 any failed, 2 bad arguments or
-configuration, 130 interrupted. torch and httpx are imported only inside the commands that
-need them.
+-o's suffix picks the container: .mp4 (or no suffix) H.264, .webm VP9, .gif an animated GIF;
+any other suffix is refused. Several images (files or folders) make one MP4 each into the
+folder -o; one that fails is reported and the others go on. Exit status: 0 all done, 1 any
+failed, 2 bad arguments or configuration, 130 interrupted. torch and httpx are imported only
+inside the commands that need them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ from app.jobs.params import MAX_SEED, check_image, random_seed
 from inference.images import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# -o's suffix -> the container written (inference.base.FORMATS); no suffix: MP4.
+VIDEO_SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif"}
+CODEC_NAMES = {"mp4": "H.264", "webm": "VP9 WebM", "gif": "GIF"}
+
+
+def video_format(out: Path) -> str:
+    """The format to write at `out`, from its suffix (any case; none: mp4); Failed (2) for a
+    suffix that is not one of VIDEO_SUFFIXES."""
+    suffix = out.suffix.lower()
+    if not suffix:
+        return "mp4"
+    if suffix not in VIDEO_SUFFIXES:
+        raise Failed(f"-o {out}: cannot write {out.suffix} videos; name the file .mp4 (H.264), "
+                     ".webm (VP9) or .gif (animated GIF)", 2)
+    return VIDEO_SUFFIXES[suffix]
 
 
 def _ranged(kind, low, high):
@@ -45,8 +61,10 @@ def add_parser(sub) -> None:
                      help="a PNG or JPEG, or a folder of them (its .png/.jpg/.jpeg files, sorted); "
                           "several make one video each")
     gen.add_argument("-o", "--output", required=True,
-                     help="the MP4 to write; or an existing folder, which gets NAME.mp4 for each "
-                          "NAME.png/.jpg (needed for several images or a folder of them)")
+                     help="the video to write, in the format its suffix names: .mp4 (H.264), "
+                          ".webm (VP9) or .gif (animated GIF); or an existing folder, which gets "
+                          "NAME.mp4 for each NAME.png/.jpg (needed for several images or a "
+                          "folder of them)")
     gen.add_argument("--fit", choices=MODES, default="crop",
                      help="an image not at an allowed size (SVD_ALLOWED_SIZES; the server's with "
                           "--server), after its EXIF orientation, is scaled to the allowed size nearest in aspect ratio, then centre-cropped "
@@ -125,9 +143,10 @@ def run(args) -> int:
 
 
 def _plan(args) -> tuple[list[tuple[str, Path, Path]], bool]:
-    """[(name as shown, image file, MP4 to write)], and whether it is a run of several (more
+    """[(name as shown, image file, video to write)], and whether it is a run of several (more
     than one image, a folder, or -o a folder); Failed (2) for a path that is not there, an
-    empty folder, -o not a folder for several, or two images that would share a video."""
+    empty folder, -o not a folder for several, a video suffix that is not .mp4/.webm/.gif, or
+    two images that would share a video."""
     out = Path(args.output)
     files: list[tuple[str, Path]] = []
     for arg in args.images:
@@ -146,6 +165,7 @@ def _plan(args) -> tuple[list[tuple[str, Path, Path]], bool]:
     if not several:
         if not out.parent.resolve().is_dir():
             raise Failed(f"output directory {out.parent} does not exist", 2)
+        video_format(out)                   # an unknown suffix: refused before any work
         return [(files[0][0], files[0][1], out)], False
     if not out.is_dir():
         raise Failed(f"-o {out} is not a folder: with several images, -o names an existing "
@@ -259,7 +279,7 @@ def _load(args, settings, bar: Bar, seed: int | None = None):
 def _make(gen, args, settings, image, seed: int, out: Path, bar: Bar, name: str = "") -> None:
     """Generate from the validated `image` and encode to `out`; Failed saying what went wrong."""
     from inference.base import GenerationRequest, with_less_memory
-    from inference.encode import encode_mp4
+    from inference.encode import encode_video
 
     named = f"{name}: " if name else ""
     request = GenerationRequest(image=image, seed=seed, cfg_scale=args.cfg_scale,
@@ -280,9 +300,11 @@ def _make(gen, args, settings, image, seed: int, out: Path, bar: Bar, name: str 
         frames = with_less_memory(attempt, on_retry)
     except Exception as exc:      # noqa: BLE001 - said plainly, no traceback
         raise Failed(f"generation failed: {type(exc).__name__}: {exc}") from None
-    bar.show("encoding", detail=f"{named}{len(frames)} frames, H.264 at {settings.output_fps} fps")
+    fmt = video_format(out)
+    bar.show("encoding", detail=f"{named}{len(frames)} frames, {CODEC_NAMES[fmt]} at "
+                                f"{settings.output_fps} fps")
     try:
-        write_atomic(out, lambda p: encode_mp4(frames, p, fps=settings.output_fps))
+        write_atomic(out, lambda p: encode_video(frames, p, settings.output_fps, fmt))
     except OSError as exc:
         raise Failed(f"cannot write {out}: {exc.strerror or exc}") from None
     except Exception as exc:      # noqa: BLE001 - said plainly, no traceback

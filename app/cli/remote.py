@@ -1,8 +1,12 @@
 """`svd-server generate --server URL`: the same generations through a running svd-server.
 
-POST every image first, then poll their results together every 0.5 s with `accept: video/*`
-and save each MP4. The 202 body may carry `stage`, `progress`, `queue_position` and
-`eta_seconds`; they are shown when present. httpx is imported only here, when a server is named.
+POST every image first, then poll their results together every 0.5 s and save each video.
+An MP4 (-o NAME.mp4, or a folder) is asked for as the Stability API does: no output_format
+field, `accept: video/*`. A .webm or .gif sends `output_format` (an svd-server extension) and
+polls with that format's media type (video/webm, image/gif); a server that answers with
+another type (one without the extension sends an MP4) is an error, never a mislabelled file.
+The 202 body may carry `stage`, `progress`, `queue_position` and `eta_seconds`; they are
+shown when present. httpx is imported only here, when a server is named.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.cli.console import Bar, Failed, write_atomic
+from app.cli.generate import CODEC_NAMES, video_format
+from inference.base import FORMATS
 
 POLL_INTERVAL_S = 0.5
 
@@ -97,10 +103,15 @@ class _Job:
     next_try: float = 0.0         # not before then: the next POST (refused for now) or GET
     stage: tuple | None = None    # the last 202 body's (phase, progress, detail)
 
+    @property
+    def format(self) -> str:
+        return video_format(self.out)
+
 
 def generate_remote(server: str, args, settings, items, bar: Bar, report=None) -> list[str]:
     """POST each (name, data, out) of `items`, then poll them all (every 0.5 s; queued ones
-    less often) and save each MP4 as it comes, within --timeout; returns the server's seeds.
+    less often) and save each video (in the format `out`'s suffix names) as it comes,
+    within --timeout; returns the server's seeds.
     Without `report`, the first error raises Failed (one image). With it, `report(index,
     seed, error)` as each ends and the others go on; a full queue (429, 503) only delays a
     POST. No key, an unreachable server or a refused key end it all (Failed)."""
@@ -126,8 +137,9 @@ def generate_remote(server: str, args, settings, items, bar: Bar, report=None) -
         while waiting or running:
             for job in [j for j in waiting if j.next_try <= time.monotonic()]:
                 bar.show("uploading", detail=f"{job.name} to {base}" if report else base)
+                fields = form if job.format == "mp4" else {**form, "output_format": job.format}
                 try:
-                    r = http.post("/v2beta/image-to-video", data=form,
+                    r = http.post("/v2beta/image-to-video", data=fields,
                                   files={"image": (Path(job.name).name, job.data)})
                 except httpx.HTTPError as exc:
                     raise Failed(f"cannot reach {base}: {exc}") from None
@@ -156,8 +168,8 @@ def generate_remote(server: str, args, settings, items, bar: Bar, report=None) -
             answered = False
             for job in due:
                 try:
-                    r = http.get(f"/v2beta/image-to-video/result/{job.id}",
-                                 headers={"accept": "video/*"})
+                    r = http.get(f"/v2beta/image-to-video/result/{job.id}", headers={
+                        "accept": "video/*" if job.format == "mp4" else FORMATS[job.format]})
                     answered = True
                 except httpx.HTTPError as exc:      # a blip must not lose a long generation
                     if misses >= 9:
@@ -171,6 +183,12 @@ def generate_remote(server: str, args, settings, items, bar: Bar, report=None) -
                 running.remove(job)
                 if r.status_code != 200:
                     end(job, "", _server_error(r))
+                    continue
+                if job.format != "mp4" and (got := _media_type(r)) != FORMATS[job.format]:
+                    want = FORMATS[job.format]
+                    end(job, "", f"the server sent {got or 'a result of no stated type'}, not "
+                                 f"{want}: it does not make {CODEC_NAMES[job.format]} videos "
+                                 "(output_format); name the file .mp4")
                     continue
                 bar.show("saving", detail=f"{job.name}: {len(r.content)} bytes" if report
                          else f"{len(r.content)} bytes")
@@ -197,6 +215,10 @@ def generate_remote(server: str, args, settings, items, bar: Bar, report=None) -
             if waiting or running:
                 time.sleep(POLL_INTERVAL_S)
     return seeds
+
+
+def _media_type(response) -> str:
+    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
 def _warn_if_frames_ignored(path: Path, wanted: int) -> None:

@@ -108,6 +108,39 @@ def test_missing_input_or_output_dir_or_bad_setting_exit_2(tmp_path, image):
     assert run.returncode == 2 and "model_index.json" in run.stderr
 
 
+# -o's suffix names the container: .mp4 (or none) H.264, .webm VP9, .gif an animated GIF.
+
+def container(path) -> tuple[str, str, int]:
+    """(container format name, video codec, decoded frames) of the file at `path`."""
+    import av
+    with av.open(str(path)) as c:
+        return c.format.name, c.streams.video[0].codec_context.name, \
+            sum(1 for _ in c.decode(video=0))
+
+
+def test_local_webm_and_gif_follow_the_output_suffix(tmp_path, image):
+    webm, gif = tmp_path / "clip.webm", tmp_path / "clip.GIF"      # the suffix in any case
+    for out in (webm, gif):
+        run = svd("generate", str(image), "-o", str(out), "--seed", "3", env=local_env(tmp_path))
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert f"saved: {out}" in run.stdout
+    name, codec, frames = container(webm)
+    assert ("webm" in name or "matroska" in name) and codec == "vp9" and frames == 3, name
+    assert webm.read_bytes()[:4] == b"\x1a\x45\xdf\xa3"            # EBML, not an MP4 box
+    assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+    assert Image.open(gif).n_frames == 3
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_unknown_output_suffix_exits_2_and_writes_nothing(tmp_path, image):
+    out = tmp_path / "clip.avi"
+    run = svd("generate", str(image), "-o", str(out), env=local_env(tmp_path))
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert ".avi" in run.stderr and all(s in run.stderr for s in (".mp4", ".webm", ".gif"))
+    assert "Traceback" not in run.stderr and "model:" not in run.stderr     # refused at once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
 # --fit: an image of another size is scaled to the allowed size nearest in aspect ratio.
 # 100x70 (aspect 1.43) is nearer 128x64 (2.0) than 64x64 (1.0) in log ratio.
 
@@ -250,6 +283,62 @@ def test_remote_generate_fits_the_image_before_sending(server, tmp_path):
     info = inspect_mp4(out.read_bytes())
     assert (info.width, info.height) == (128, 64)      # the server got an exact allowed size
     assert f"{odd}: 100x70 padded to 128x64 (the server's SVD_ALLOWED_SIZES)" in run.stderr
+
+
+def test_remote_webm_and_gif_follow_the_output_suffix(server, tmp_path, image):
+    webm, gif = tmp_path / "remote.webm", tmp_path / "remote.gif"
+    for out in (webm, gif):
+        run = svd("generate", str(image), "-o", str(out), "--server", server.url,
+                  "--api-key", KEY, "--seed", "11")
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "seed: 11" in run.stdout and f"saved: {out}" in run.stdout
+    name, codec, frames = container(webm)
+    assert ("webm" in name or "matroska" in name) and codec == "vp9" and frames == 3, name
+    assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm", ".gif"])
+def test_remote_asks_for_the_format_only_beyond_mp4(tmp_path, monkeypatch, suffix):
+    """In this process, against a server that knows no output_format (as Stability's): an MP4
+    run sends exactly the Stability form and `accept: video/*`; a .webm/.gif run sends
+    output_format and polls with its media type, and the MP4 such a server answers with is
+    refused, nothing written."""
+    import argparse
+
+    import httpx
+
+    from app.cli import remote
+    from app.cli.console import Bar, Failed
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(200, json={"id": "a" * 64})
+        return httpx.Response(200, content=b"\0\0\0\x20ftypisom", headers={
+            "content-type": "video/mp4", "seed": "4"})
+
+    real_client = httpx.Client
+    monkeypatch.setattr(httpx, "Client", lambda **kw: real_client(
+        transport=httpx.MockTransport(handler), **kw))
+    args = argparse.Namespace(seed=4, cfg_scale=1.8, motion_bucket_id=127, frames=None,
+                              steps=None, timeout=30.0, api_key=KEY)
+    out = tmp_path / f"clip{suffix}"
+    call = lambda: remote.generate_remote("http://svd.test", args, Settings(), [   # noqa: E731
+        ("in.png", png_bytes(64, 64), out)], Bar())
+    if suffix == ".mp4":
+        assert call() == ["4"] and out.read_bytes().startswith(b"\0\0\0\x20ftyp")
+    else:
+        with pytest.raises(Failed, match=r"the server sent video/mp4, not (video/webm|image/gif)"):
+            call()
+        assert not out.exists() and not list(tmp_path.iterdir())
+    post, poll = seen
+    assert (b'name="output_format"' in post.content) == (suffix != ".mp4")
+    if suffix != ".mp4":
+        assert f'name="output_format"\r\n\r\n{suffix[1:]}\r\n'.encode() in post.content
+    assert poll.headers["accept"] == {".mp4": "video/*", ".webm": "video/webm",
+                                      ".gif": "image/gif"}[suffix]
 
 
 @pytest.mark.parametrize("key_from", ["env", "file"])
