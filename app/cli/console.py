@@ -1,5 +1,6 @@
 """What the commands show and write: a progress bar on stderr, errors that end a command
-with an exit status, output files that are never half-written."""
+with an exit status, output files that are never half-written, in the format their suffix
+names."""
 from __future__ import annotations
 
 import os
@@ -82,3 +83,20 @@ def write_atomic(out: Path, write) -> None:
         os.replace(temp, out)
     finally:
         temp.unlink(missing_ok=True)
+
+
+# -o's suffix -> the container written (inference.base.FORMATS); no suffix: MP4.
+VIDEO_SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif"}
+CODEC_NAMES = {"mp4": "H.264", "webm": "VP9 WebM", "gif": "GIF"}
+
+
+def video_format(out: Path) -> str:
+    """The format to write at `out`, from its suffix (any case; none: mp4); Failed (2) for a
+    suffix that is not one of VIDEO_SUFFIXES."""
+    suffix = out.suffix.lower()
+    if not suffix:
+        return "mp4"
+    if suffix not in VIDEO_SUFFIXES:
+        raise Failed(f"-o {out}: cannot write {out.suffix} videos; name the file .mp4 (H.264), "
+                     ".webm (VP9) or .gif (animated GIF)", 2)
+    return VIDEO_SUFFIXES[suffix]

@@ -15,30 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli.console import Bar, Failed, write_atomic
+from app.cli.console import CODEC_NAMES, Bar, Failed, video_format, write_atomic
 from app.cli.fit import MODES, fit_image
 from app.config import load_settings
 from app.jobs.params import MAX_SEED, check_image, random_seed
 from inference.images import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# -o's suffix -> the container written (inference.base.FORMATS); no suffix: MP4.
-VIDEO_SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif"}
-CODEC_NAMES = {"mp4": "H.264", "webm": "VP9 WebM", "gif": "GIF"}
-
-
-def video_format(out: Path) -> str:
-    """The format to write at `out`, from its suffix (any case; none: mp4); Failed (2) for a
-    suffix that is not one of VIDEO_SUFFIXES."""
-    suffix = out.suffix.lower()
-    if not suffix:
-        return "mp4"
-    if suffix not in VIDEO_SUFFIXES:
-        raise Failed(f"-o {out}: cannot write {out.suffix} videos; name the file .mp4 (H.264), "
-                     ".webm (VP9) or .gif (animated GIF)", 2)
-    return VIDEO_SUFFIXES[suffix]
-
-
 def _ranged(kind, low, high):
     def parse(text: str):
         try:

@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.cli.console import Bar, Failed, write_atomic
-from app.cli.generate import CODEC_NAMES, video_format
+from app.cli.console import CODEC_NAMES, Bar, Failed, video_format, write_atomic
 from inference.base import FORMATS
 
 POLL_INTERVAL_S = 0.5
