@@ -3,34 +3,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import KEY_A, PG_ADMIN_URL, running_server, skip_or_fail
+from tests.helpers import KEY_A, fresh_postgres_database, running_server
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
     """A fresh PostgreSQL database for this test session, dropped at the end."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    from app.jobs.tables import sqlalchemy_url
-    admin = create_engine(sqlalchemy_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        skip_or_fail(f"no PostgreSQL at {PG_ADMIN_URL}: {exc.__class__.__name__}")
-    name = f"svd_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

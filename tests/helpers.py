@@ -259,3 +259,30 @@ def browser_outcome(proc, screenshot: Path, artifact: Path, server) -> None:
         pytest.fail(f"the browser test failed (exit {proc.returncode}); screenshot: {artifact}\n"
                     f"{proc.stdout}\n{proc.stderr}\n--- server log (end) ---\n{server.log()[-4000:]}",
                     pytrace=False)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "svd_test"):
+    """The URL of a new, empty PostgreSQL database (on PG_ADMIN_URL's server), dropped at the
+    end; skipped (failed under CI=true) when no PostgreSQL answers."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from app.jobs.tables import sqlalchemy_url
+    admin = create_engine(sqlalchemy_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        skip_or_fail(f"no PostgreSQL at {PG_ADMIN_URL}: {exc.__class__.__name__}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from app.child_process import free_port
-from tests.helpers import PG_ADMIN_URL, ROOT, skip_or_fail
+from tests.helpers import ROOT, fresh_postgres_database
 
 SCHEMA_NOT_CURRENT = ("cannot start: the database schema is not current: "
                       "run `svd-server db upgrade`")
@@ -20,25 +19,8 @@ SCHEMA_NOT_CURRENT = ("cannot start: the database schema is not current: "
 def unmigrated_postgres_url():
     """A fresh PostgreSQL database nobody migrated (the session's `postgres_url` is migrated
     by `pg`), dropped at the end."""
-    from sqlalchemy import create_engine, text
-
-    from app.jobs.tables import sqlalchemy_url
-    admin = create_engine(sqlalchemy_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        skip_or_fail(f"no PostgreSQL at {PG_ADMIN_URL}: {exc.__class__.__name__}")
-    name = f"svd_test_unmigrated_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database("svd_test_unmigrated") as url:
+        yield url
 
 
 def test_serve_on_a_schema_not_current_says_one_line_and_exits_2(tmp_path,
