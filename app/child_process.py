@@ -3,8 +3,10 @@ servers among them.
 
 A server started by a benchmark or a test must die with it however it ends: a timeout's
 SIGKILL, a crash, Ctrl-C. Each child gets its own session (so a signal meant for the parent's
-terminal group does not reach it half-way) and, on Linux, a parent-death signal: the kernel
-sends it SIGKILL the moment its parent exits. `start_server` starts `svd-server serve` that
+terminal group does not reach it half-way, or twice when the parent passes it on) and, on
+Linux, a parent-death signal: the kernel sends it SIGKILL (or the signal asked for) the
+moment its parent exits. `svd-server worker --gpus` starts its workers that way too, with
+SIGTERM. `start_server` starts `svd-server serve` that
 way; `wait_until_ready` waits until it answers.
 """
 from __future__ import annotations
@@ -24,15 +26,16 @@ import httpx
 PR_SET_PDEATHSIG = 1   # from <linux/prctl.h>
 
 
-def popen_kwargs() -> dict:
-    """Keyword arguments for subprocess.Popen that tie the child's life to this process."""
+def popen_kwargs(death_signal: int = signal.SIGKILL) -> dict:
+    """Keyword arguments for subprocess.Popen that tie the child's life to this process: it
+    gets `death_signal` when this process ends (SIGTERM lets a worker drain)."""
     if not sys.platform.startswith("linux"):
         return {"start_new_session": True}
     parent = os.getpid()
 
     def die_with_parent() -> None:            # runs in the child, between fork and exec
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, death_signal)
         if os.getppid() != parent:            # the parent died before prctl took effect
             os._exit(1)
 

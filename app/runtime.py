@@ -67,3 +67,18 @@ class Runtime:
             time.sleep(0.05)
         log.warning(kv(event="drained", left_running=sum(w.busy for w in self.workers)))
         self._shutdown()
+
+    def stop_now(self, signum: int) -> None:
+        """A second SIGTERM/SIGINT while draining: exit at once, with 128 + the signal's
+        number (143 for SIGTERM, 130 for SIGINT), leaving each running job `running`, as a
+        crash would."""
+        busy = sum(w.busy for w in self.workers)
+        log.warning(kv(event="stopped_now", signal=signal.Signals(signum).name,
+                       left_running=busy))
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # os._exit, not sys.exit or a normal shutdown: no thread (a worker finishing its
+        # step, a VAE decode, a lifespan waiting on them) may hold the process. The jobs are
+        # left to their leases, as after a crash (or re-queued at once when a process with
+        # the same worker names starts); the database is crash-safe.
+        os._exit(128 + signum)

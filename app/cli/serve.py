@@ -21,12 +21,17 @@ def add_parser(sub) -> None:
 def draining_server(config, runtime, grace_s: float):
     """uvicorn's server, except that the first SIGTERM/SIGINT drains before stopping: new
     generations get 503, /readyz says so, the running job may finish for `grace_s`, then the
-    server stops. A second signal stops it at once."""
+    server stops. A signal while it drains or shuts down (`runtime.draining`) stops the
+    process at once (`Runtime.stop_now`: exit 128 + the signal's number), leaving the running
+    job `running` for its lease, or for this port's next start, to re-queue. Without workers,
+    or before uvicorn has started, uvicorn handles the signal as usual."""
     import uvicorn
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            if runtime.draining or not runtime.workers or not self.started:
+            if runtime.draining and runtime.workers:
+                return runtime.stop_now(sig)     # second signal: now, as a crash would
+            if not runtime.workers or not self.started:
                 return super().handle_exit(sig, frame)
             threading.Thread(target=runtime.drain, args=(grace_s,), name="drain",
                              daemon=True).start()

@@ -16,6 +16,7 @@ import sys
 import threading
 
 from app.backend import Backend
+from app.child_process import popen_kwargs
 from app.config import Settings, load_settings
 from app.logs import configure_logging, kv
 from app.metrics import Metrics
@@ -76,7 +77,7 @@ def run_worker(settings: Settings, metrics_port: int | None = None) -> int:
 
     def on_signal(signum, frame):
         if runtime.draining:
-            done.set()                          # second signal: now
+            runtime.stop_now(signum)            # second signal: now, as a crash would
         else:
             threading.Thread(target=runtime.drain, args=(settings.drain_grace_s,),
                              daemon=True).start()
@@ -105,7 +106,11 @@ def supervise(gpus: list[str], metrics_port: int | None = None) -> int:
                "SVD_WORKER_NAME": f"{host}/gpu{gpu}"}
         argv = ["--metrics-port", str(metrics_port + gpus.index(gpu))] if metrics_port else []
         log.info(kv(event="worker_spawn", gpu=gpu, metrics_port=argv[-1] if argv else None))
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *argv], env=env)
+        # Its own session: a terminal's Ctrl-C (or a kill of our group) reaches the child once,
+        # passed on by on_signal, not twice (a second signal stops a worker at once). It gets
+        # SIGTERM, and drains, if this process dies.
+        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker", *argv], env=env,
+                                **popen_kwargs(death_signal=signal.SIGTERM))
 
     def on_signal(signum, frame):
         stopping.set()

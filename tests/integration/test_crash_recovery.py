@@ -126,3 +126,36 @@ def test_sigterm_past_the_grace_period_hands_the_job_back(tmp_path):
     assert srv.proc.returncode == 0
     assert job_row(data, job_id)[:2] == ("queued", 1)   # released, to be resumed
     assert "event=released" in srv.log()
+
+
+def test_a_second_sigterm_stops_at_once_and_leaves_the_job_to_recovery(tmp_path):
+    data, port = tmp_path / "data", free_port()
+    slow = {**ENV, "SVD_NUM_FRAMES": "64", "SVD_STEPS": "200", "SVD_DRAIN_GRACE_S": "60"}
+    srv = ServerProcess(data, slow, port=port).start()
+    job_id = submit(srv, "8")
+    deadline = time.time() + 30
+    while job_row(data, job_id)[0] != "running":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert httpx.get(srv.url + "/readyz").status_code == 503     # the drain has begun
+    srv.proc.send_signal(signal.SIGTERM)
+    try:
+        srv.proc.wait(5)                              # not the 60 s grace, nor a 10 s stop
+    finally:
+        srv.stop()
+    assert srv.proc.returncode == 128 + signal.SIGTERM
+    assert job_row(data, job_id)[:2] == ("running", 1)   # as a crash leaves it
+    assert "event=stopped_now" in srv.log()
+
+    # the same port: the same worker names, so the job is re-queued at once (default frames
+    # and steps are the model's, i.e. this process's settings: the re-run is short)
+    srv2 = ServerProcess(data, ENV, port=port).start()
+    try:
+        assert "event=requeued_own_jobs" in srv2.log()
+        r = result(srv2, job_id, timeout=30)
+        assert r.status_code == 200 and r.headers["seed"] == "8"
+        assert job_row(data, job_id)[:2] == ("succeeded", 2)
+    finally:
+        srv2.stop()

@@ -1,10 +1,11 @@
 """Two API processes and three worker processes on one PostgreSQL; one worker is killed with
-SIGKILL in the middle of a job. Every job completes exactly once, and both APIs serve every
-video."""
+SIGKILL in the middle of a job, another stopped at once by a second SIGTERM. Every job
+completes exactly once, and both APIs serve every video."""
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +65,33 @@ def test_two_apis_three_workers_one_killed(tmp_path, pg):
         workers[killed_worker].kill()
         workers[killed_worker].wait(10)
 
+        # Stop another worker mid-job with two SIGTERMs: the first drains, the second exits
+        # at once (143) and leaves its job `running`, exactly as the kill did.
+        deadline = time.time() + 120
+        while True:
+            with engine.connect() as c:
+                row = c.execute(text("SELECT worker FROM jobs WHERE state = 'running' AND "
+                                     "progress > 0 AND progress < 0.5 AND worker != :w "
+                                     "LIMIT 1"), {"w": killed_worker}).first()
+            if row:
+                break
+            assert time.time() < deadline, "no other job ever ran"
+            time.sleep(0.02)
+        stopped_worker = row[0]
+        workers[stopped_worker].send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        while "event=draining" not in logs[stopped_worker].read_text():
+            assert time.time() < deadline, logs[stopped_worker].read_text()
+            time.sleep(0.01)
+        workers[stopped_worker].send_signal(signal.SIGTERM)
+        assert workers[stopped_worker].wait(10) == 128 + signal.SIGTERM
+        assert "event=stopped_now" in logs[stopped_worker].read_text()
+        with engine.connect() as c:
+            left = c.execute(text("SELECT id FROM jobs WHERE state = 'running' AND worker = :w"),
+                             {"w": stopped_worker}).scalars().all()
+        assert len(left) == 1, left                    # left to its lease, not released
+        stopped_job = left[0]
+
         videos = {}
         for job_id in ids:
             for api in apis:                           # both APIs serve every video
@@ -81,13 +109,15 @@ def test_two_apis_three_workers_one_killed(tmp_path, pg):
             rows = dict(c.execute(text("SELECT id, attempts FROM jobs WHERE state = 'succeeded'")).all())
         assert set(rows) == set(ids)                         # lost: 0
         assert rows[killed_job] == 2                         # claimed again exactly once
+        assert rows[stopped_job] == 2
         finished = Counter()
         for name, path in logs.items():
             finished.update(re.findall(r"job=([0-9a-f]{64}) event=succeeded", path.read_text()))
         assert finished == Counter({job_id: 1 for job_id in ids})   # duplicates: 0
-        survivors = [w for n, w in workers.items() if n != killed_worker]
+        survivors = [w for n, w in workers.items() if n not in (killed_worker, stopped_worker)]
         assert all(w.poll() is None for w in survivors)
-        print(f"scale-out: {JOBS} jobs, 1 worker killed mid-job ({killed_job[:8]}), "
+        print(f"scale-out: {JOBS} jobs, 1 worker killed and 1 stopped mid-job "
+              f"({killed_job[:8]}, {stopped_job[:8]}), "
               f"0 lost, 0 duplicates, {sum(rows.values()) - JOBS} re-claim(s)")
     finally:
         for proc in workers.values():
@@ -104,8 +134,6 @@ def test_two_apis_three_workers_one_killed(tmp_path, pg):
 
 def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(tmp_path,
                                                                                postgres_url):
-    import signal
-
     engine = make_engine(postgres_url)
     migrate.upgrade(engine)
     engine.dispose()
@@ -139,8 +167,16 @@ def test_worker_gpus_starts_one_pinned_process_per_gpu_and_restarts_a_dead_one(t
         while "event=worker_died" not in log.read_text() or not (metrics(port) and metrics(port + 1)):
             assert time.time() < deadline, log.read_text()
             time.sleep(0.2)
-        sup.send_signal(signal.SIGTERM)
-        assert sup.wait(60) == 0
+        # A terminal's Ctrl-C reaches the supervisor's whole process group. Each worker runs
+        # in a session of its own and gets the signal once, passed on: a drain (exit 0), not
+        # a drain and then a second signal's stop at once (130).
+        children = subprocess.run(["pgrep", "-f", "-P", str(sup.pid), "app.cli worker"],
+                                  capture_output=True, text=True).stdout.split()
+        assert len(children) == 2
+        assert all(os.getpgid(int(c)) != os.getpgid(sup.pid) for c in children)
+        os.killpg(sup.pid, signal.SIGINT)
+        assert sup.wait(60) == 0, log.read_text()
+        assert "event=stopped_now" not in log.read_text()
     finally:
         if sup.poll() is None:
             sup.kill()
@@ -170,8 +206,6 @@ def listening_addresses(pid: int, port: int) -> list[str]:
 
 def test_worker_metrics_listen_on_svd_host_only(tmp_path, pg):
     """--metrics-port binds SVD_HOST (127.0.0.1 here), never 0.0.0.0 (SECURITY.md)."""
-    import signal
-
     if not os.path.exists(f"/proc/{os.getpid()}/net/tcp"):
         pytest.skip("no /proc/<pid>/net/tcp on this system")
     postgres_url, _ = pg
