@@ -40,8 +40,9 @@ class Metrics:
                                            "Time spent per job phase", ["phase"],
                                            buckets=PHASE_BUCKETS, registry=r)
         self.videos = Counter("svd_videos_generated", "Videos generated successfully", registry=r)
-        self.jobs_finished = Counter("svd_jobs_finished", "Jobs finished by outcome",
-                                     ["state"], registry=r)
+        self.jobs_finished = Counter("svd_jobs_finished", "Jobs finished by outcome; "
+                                     "started: whether a worker had claimed it",
+                                     ["state", "started"], registry=r)
         self.rejected = Counter("svd_requests_rejected", "Requests refused with 429 or 503",
                                 ["reason"], registry=r)
         self.worker_restarts = Counter("svd_worker_restarts",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from app.jobs.model import WebhookStatus
+from app.jobs.model import JobState, WebhookStatus
 from app.keys import read_or_create_secret
 from app.logs import kv
 
@@ -145,7 +145,7 @@ def resend_webhooks(store, sender: "WebhookSender", grace_s: float = 120.0) -> i
 
 def event_body(job) -> bytes:
     event = {"type": f"generation.{job.state.value}", "id": job.id, "status": job.state.value}
-    if job.state.value == "succeeded":
+    if job.state in (JobState.SUCCEEDED, JobState.CONTENT_FILTERED):   # a video to fetch
         event.update(finish_reason=job.finish_reason or "SUCCESS", seed=job.seed)
     elif job.error:
         event["error"] = job.error[:200]

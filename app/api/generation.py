@@ -126,9 +126,9 @@ async def cancel(id: str, request: Request, owner: str = Depends(require_owner))
                        "Too late to cancel: the generation has finished.")
     log.info(kv(request_id=request_id.get(), job=id, event="cancel_requested",
                 outcome=outcome.value))
-    # "cancelled": a queued job, done now; "cancelling": a running one, stops at its next step.
-    done = outcome == CancelOutcome.CANCELLED
-    return JSONResponse({"id": id, "status": "cancelled" if done else "cancelling"})
+    # "cancelled": done now (queued, or past denoising); "cancelling": it is denoising and
+    # stops at its next step.
+    return JSONResponse({"id": id, "status": "cancelled" if outcome.done else "cancelling"})
 
 
 async def events(id: str, request: Request, owner: str = Depends(require_owner)):

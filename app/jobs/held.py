@@ -10,10 +10,10 @@ import enum
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from app.jobs.model import Job, JobState
+from app.jobs.model import CANCELLED_BY_OWNER, Job, JobState
 from app.jobs.outcomes import Outcomes
 from app.jobs.store import JobStore
 from app.logs import kv
@@ -35,6 +35,27 @@ class Stop(Exception):
     """Abort the current generation; the message is the AbortReason."""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A job's input image decoded into its generation request, or why it could not be."""
+    job_id: str
+    request: GenerationRequest | None = None
+    error: Exception | None = None
+
+
+def prepare(job: Job) -> Prepared:
+    try:
+        request = GenerationRequest(image=decode_rgb(job.image, probe(job.image)),
+                                    seed=job.seed, cfg_scale=job.cfg_scale,
+                                    motion_bucket_id=job.motion_bucket_id,
+                                    num_frames=job.num_frames, steps=job.steps)
+        if job.noise_aug_strength is not None:
+            request = replace(request, noise_aug_strength=job.noise_aug_strength)
+        return Prepared(job.id, request=request)
+    except Exception as exc:                   # noqa: BLE001 - recorded as the job's failure
+        return Prepared(job.id, error=exc)
+
+
 class Held:
     """One claimed job: its request once decoded, and why it must stop (if it must)."""
 
@@ -54,19 +75,11 @@ class Held:
     def closed(self) -> bool:
         return self.done.is_set()
 
-    def prepare(self) -> None:
-        """Decode the input image into a generation request (errors are kept for later)."""
-        job = self.job
-        try:
-            request = GenerationRequest(image=decode_rgb(job.image, probe(job.image)),
-                                        seed=job.seed, cfg_scale=job.cfg_scale,
-                                        motion_bucket_id=job.motion_bucket_id,
-                                        num_frames=job.num_frames, steps=job.steps)
-            if job.noise_aug_strength is not None:
-                request = replace(request, noise_aug_strength=job.noise_aug_strength)
-            self.request = request
-        except Exception as exc:               # noqa: BLE001 - recorded as the job's failure
-            self.error = exc
+    def prepare(self, ahead: Prepared | None = None) -> None:
+        """Decode the input image into a generation request (errors are kept for later),
+        unless `ahead` already holds this job's."""
+        ready = ahead if ahead is not None and ahead.job_id == self.job.id else prepare(self.job)
+        self.request, self.error = ready.request, ready.error
 
     def close(self) -> None:
         """Its outcome is recorded (or it is left to the lease): no more heartbeats."""
@@ -125,10 +138,15 @@ class Holder:
         """Record progress; raise Stop if the owner cancelled or the job is no longer ours."""
         if self.store.set_progress(held.job, progress, step, total):
             return
-        current = self.store.get(held.job.id)
-        cancelled = current is not None and current.cancel_requested
-        held.abort_reason = AbortReason.CANCELLED if cancelled else AbortReason.LEASE_LOST
+        held.abort_reason = self._why_lost(held.job)
         raise Stop(held.abort_reason.value)
+
+    def _why_lost(self, job: Job) -> AbortReason:
+        """A job no longer ours to record: its owner cancelled it (a cancel past denoising
+        is recorded at once by the API), or its lease ran out."""
+        current = self.store.get(job.id)
+        cancelled = current is not None and current.cancel_requested
+        return AbortReason.CANCELLED if cancelled else AbortReason.LEASE_LOST
 
     def check_abort(self, held: Held, stopping: bool = True) -> None:
         """Raise Stop if the job must stop; with `stopping`, also when the worker stops."""
@@ -151,7 +169,9 @@ class Holder:
         """The job stopped on purpose: cancelled, handed back (stopping) or abandoned."""
         job = held.job
         if held.abort_reason == AbortReason.CANCELLED:
-            self.finish(job, JobState.CANCELLED, error="cancelled by its owner")
+            if not self.finish(job, JobState.CANCELLED, error=CANCELLED_BY_OWNER):
+                # cancelled at once past denoising: recorded by the API already
+                log.info(kv(job=job.id, event="dropped", worker=self.name, reason="cancelled"))
         elif held.abort_reason == AbortReason.STOPPING and self.store.release(job):
             log.info(kv(job=job.id, event="released", worker=self.name, reason="worker stopping"))
         else:
@@ -194,6 +214,8 @@ class Holder:
             self._forget(held)
             self.finish(job, JobState.FAILED,
                         error=f"timed out after {self.cfg.job_timeout_s:.0f} s")
+            log.warning(kv(job=job.id, event="timed_out", worker=self.name,
+                           worker_busy="until the model's call returns"))
             return
         held.next_beat = min(now + self.cfg.heartbeat_s, held.deadline)
         try:
@@ -202,8 +224,9 @@ class Holder:
             log.exception("job %s: heartbeat failed", job.id)
             return
         if not kept and not held.closed:
-            held.abort_reason = AbortReason.LEASE_LOST
-            log.warning(kv(job=job.id, event="lease_lost", worker=self.name))
+            held.abort_reason = self._why_lost(job)
+            if held.abort_reason == AbortReason.LEASE_LOST:
+                log.warning(kv(job=job.id, event="lease_lost", worker=self.name))
             self._forget(held)
 
     def _forget(self, held: Held) -> None:

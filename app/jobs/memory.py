@@ -6,7 +6,7 @@ import contextlib
 import copy
 import threading
 
-from app.jobs.model import JobState, WebhookStatus
+from app.jobs.model import CANCELLED_BY_OWNER, Job, JobState, WebhookStatus
 from app.jobs.store import CRASHED, CancelOutcome, Refusal, Stored, compatible
 
 
@@ -44,6 +44,11 @@ class MemoryJobStore:
         for job in out.values():
             job.image = None
         return out
+
+    def next_queued(self):
+        with self._lock:
+            queued = [j for j in self._jobs.values() if j.state == JobState.QUEUED]
+            return copy.copy(min(queued, key=lambda j: (j.created_at, j.id))) if queued else None
 
     def claim(self, worker, now, lease_s):
         with self._lock:
@@ -102,7 +107,11 @@ class MemoryJobStore:
                 return CancelOutcome.CANCELLED
             if job.state == JobState.RUNNING:
                 job.cancel_requested = True
-                return CancelOutcome.REQUESTED
+                if job.step is None or job.total_steps is None or job.step < job.total_steps:
+                    return CancelOutcome.REQUESTED
+                job.state, job.finished_at, job.expires_at = JobState.CANCELLED, now, expires_at
+                job.lease_until, job.error, job.image = None, CANCELLED_BY_OWNER, None
+                return CancelOutcome.CANCELLED_RUNNING
             return CancelOutcome.FINISHED
 
     def set_webhook_status(self, job_id, status, attempts):

@@ -25,6 +25,7 @@ class JobState(str, enum.Enum):
 
 
 FINISHED_STATES = tuple(s for s in JobState if s.finished)
+CANCELLED_BY_OWNER = "cancelled by its owner"     # the error of a running job cancelled
 
 
 class WebhookStatus(str, enum.Enum):

@@ -13,9 +13,11 @@ class Outcomes:
         self.metrics = metrics
         self.announce = announce              # e.g. WebhookSender.submit, given the job id
 
-    def ended(self, job_id: str, state: JobState, has_webhook: bool = True) -> None:
-        """`job_id` reached `state` (a finished one) just now, in this process."""
+    def ended(self, job_id: str, state: JobState, has_webhook: bool = True, *,
+              started: bool = True) -> None:
+        """`job_id` reached `state` (a finished one) just now, in this process; `started`:
+        a worker had claimed it (False: cancelled while queued)."""
         if self.metrics is not None:
-            self.metrics.jobs_finished.labels(state.value).inc()
+            self.metrics.jobs_finished.labels(state.value, "true" if started else "false").inc()
         if has_webhook and self.announce is not None:
             self.announce(job_id)

@@ -86,12 +86,14 @@ class JobService:
                         retry_after=wait, reason=RefusalReason.STORAGE_FULL)
 
     def cancel(self, owner: str, job_id: str, ttl_s: float) -> CancelOutcome | None:
-        """See JobStore.cancel; a queued job is cancelled at once (and its end recorded
-        here), a running one by its worker at its next denoising step."""
+        """See JobStore.cancel; a job not on the GPU (queued, or past denoising) is
+        cancelled at once, and its end recorded here; one denoising by its worker at its
+        next step."""
         now = time.time()
         outcome = self.store.cancel(job_id, owner, now, now + ttl_s)
-        if outcome == CancelOutcome.CANCELLED:
-            self.outcomes.ended(job_id, JobState.CANCELLED)
+        if outcome is not None and outcome.done:
+            self.outcomes.ended(job_id, JobState.CANCELLED,
+                                started=outcome == CancelOutcome.CANCELLED_RUNNING)
         return outcome
 
     def progress(self, job: Job) -> dict:

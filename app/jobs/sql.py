@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from sqlalchemy import delete, func, literal, or_, select, text, update
 from sqlalchemy.engine import Engine
 
-from app.jobs.model import FINISHED_STATES, Job, JobState, WebhookStatus
+from app.jobs.model import CANCELLED_BY_OWNER, FINISHED_STATES, Job, JobState, WebhookStatus
 from app.jobs.store import CRASHED, CancelOutcome, Refusal, Stored, job_batch_key
 from app.jobs.tables import jobs, make_engine
 from inference.base import MIN_GUIDANCE_SCALE
@@ -124,6 +124,13 @@ class SqlJobStore:
                     out[row.id] = _row_to_job(row)
         return out
 
+    def next_queued(self):
+        with self.engine.connect() as c:
+            row = c.execute(select(*[jobs.c[n] for n in _FIELDS], jobs.c.image)
+                            .where(jobs.c.state == JobState.QUEUED.value)
+                            .order_by(jobs.c.created_at, jobs.c.id).limit(1)).first()
+        return _row_to_job(row) if row else None
+
     def claim(self, worker, now, lease_s):
         # One statement: picks the oldest queued job and takes it, or takes nothing. On
         # PostgreSQL, SKIP LOCKED lets many workers claim side by side; SQLite ignores it and
@@ -198,7 +205,14 @@ class SqlJobStore:
                                  expires_at=expires_at, image=None)).rowcount:
                 self._changed(c, job_id)
                 return CancelOutcome.CANCELLED
-            if c.execute(update(jobs).where(*mine, jobs.c.state == JobState.RUNNING.value)
+            running = jobs.c.state == JobState.RUNNING.value
+            if c.execute(update(jobs).where(*mine, running, jobs.c.step >= jobs.c.total_steps)
+                         .values(state=JobState.CANCELLED.value, cancel_requested=True,
+                                 finished_at=now, expires_at=expires_at, lease_until=None,
+                                 error=CANCELLED_BY_OWNER, image=None)).rowcount:
+                self._changed(c, job_id)
+                return CancelOutcome.CANCELLED_RUNNING
+            if c.execute(update(jobs).where(*mine, running)
                          .values(cancel_requested=True)).rowcount:
                 return CancelOutcome.REQUESTED
             state = c.execute(select(jobs.c.state).where(*mine)).scalar()

@@ -21,9 +21,17 @@ class Refusal(str, enum.Enum):
 
 
 class CancelOutcome(str, enum.Enum):
-    CANCELLED = "cancelled"    # it was queued: cancelled now
-    REQUESTED = "requested"    # it is running: its worker stops it at the next step
-    FINISHED = "finished"      # too late
+    CANCELLED = "cancelled"                  # it was queued: cancelled now
+    CANCELLED_RUNNING = "cancelled_running"  # past denoising (VAE decode, encode): cancelled
+                                             # now; its worker drops the video
+    REQUESTED = "requested"                  # it is denoising: its worker stops it at the
+                                             # next step
+    FINISHED = "finished"                    # too late
+
+    @property
+    def done(self) -> bool:
+        """Cancelled now: the job's end is recorded by the canceller."""
+        return self in (CancelOutcome.CANCELLED, CancelOutcome.CANCELLED_RUNNING)
 
 
 class Stored(NamedTuple):
@@ -48,6 +56,10 @@ class JobStore(Protocol):
     def claim(self, worker: str, now: float, lease_s: float) -> Job | None:
         """Oldest queued job → running, held by `worker` until now + lease_s; with its image."""
 
+    def next_queued(self) -> Job | None:
+        """The job `claim` would take now, with its image, left queued (the worker decodes
+        its image ahead while the GPU finishes the job before)."""
+
     def claim_compatible(self, claimed: Job, worker: str, now: float, lease_s: float,
                          limit: int) -> list[Job]:
         """Up to `limit` more queued jobs that can share one generator call with `claimed`
@@ -64,8 +76,9 @@ class JobStore(Protocol):
 
     def cancel(self, job_id: str, owner: str, now: float,
                expires_at: float) -> CancelOutcome | None:
-        """A queued job → cancelled; a running one gets a cancel request; None when not the
-        owner's or unknown."""
+        """A queued job → cancelled; a running one past denoising (its step is its last: VAE
+        decode or encode) → cancelled too, its worker's video to be dropped; one denoising
+        gets a cancel request; None when not the owner's or unknown."""
 
     def set_webhook_status(self, job_id: str, status: WebhookStatus, attempts: int) -> None: ...
 

@@ -10,9 +10,11 @@ the generator factory, inside the worker thread.
   (app/jobs/generator_call.py).
 - Overlap (`overlap`): the generator never waits for the rest of a job. Encoding, storing and
   recording a video happen on the finisher's thread (app/jobs/finisher.py) while the next job
-  generates, and the next job (or batch) is claimed and its image decoded while the current
-  one's last step and VAE decode run. A worker that drains or stops hands such a prefetched
-  job back to the queue before it starts, and waits for the videos being finished.
+  generates, and the image of the oldest queued job is read and decoded while the current
+  one's VAE decode runs. That job stays queued (its queue position shown, a cancel at once)
+  until the GPU is free and it is claimed; if another worker or a cancel took it meanwhile,
+  the decoded image is dropped. A worker that drains or stops waits for the videos being
+  finished.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from app.jobs.content_filter import load_filter
 from app.jobs.failures import crash_here, describe_failure
 from app.jobs.finisher import Finisher
 from app.jobs.generator_call import GeneratorCall
-from app.jobs.held import AbortReason, Held, Holder
+from app.jobs.held import AbortReason, Held, Holder, Prepared, prepare
 from app.jobs.model import JobState
 from app.jobs.outcomes import Outcomes
 from app.jobs.store import JobStore
@@ -105,7 +107,7 @@ class Worker:
                              outcomes or Outcomes(metrics))
         self.finisher = Finisher(self.holder, results, config, load_filter(config.content_filter))
         self._thread: threading.Thread | None = None
-        self._next: list[Held] | None = None       # prefetched: claimed, image decoded
+        self._ahead: Prepared | None = None        # the next queued job's image, decoded
         self._prefetch: threading.Thread | None = None
         self._last_requeue = 0.0
 
@@ -116,10 +118,8 @@ class Worker:
 
     @property
     def busy(self) -> bool:
-        """A job is in hand: being claimed or generated, prefetched, or its video still
-        being finished."""
-        return (self.activity != Activity.IDLE or self._next is not None
-                or self.finisher.pending > 0)
+        """A job is in hand: being claimed or generated, or its video still being finished."""
+        return self.activity != Activity.IDLE or self.finisher.pending > 0
 
     def is_stopping(self) -> bool:
         return self.life == Life.STOPPING
@@ -144,7 +144,7 @@ class Worker:
         self._thread.start()
 
     def drain(self) -> None:
-        """Claim nothing new; let the jobs in hand finish (a prefetched one goes back)."""
+        """Claim nothing new; let the jobs in hand finish."""
         self._move(Life.DRAINING)
 
     def stop_soon(self) -> None:
@@ -154,12 +154,11 @@ class Worker:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; a job generating stops at its next step and goes back to the
-        queue, a prefetched one goes back at once, videos being finished are finished."""
+        queue, videos being finished are finished."""
         self.stop_soon()
         if self._thread is not None:
             self._thread.join(timeout)
         else:                                # driven by run_once (tests, benchmarks)
-            self._release_next()
             self.finisher.close(timeout)
 
     def wait_finished(self, timeout: float | None = None) -> bool:
@@ -183,7 +182,7 @@ class Worker:
         self._move(Life.READY)                   # unless a drain or stop came first
         while not self.is_stopping():
             if not self._claims_allowed():       # draining
-                self._release_next()
+                self._ahead = None
                 self._stopped.wait(0.2)
                 continue
             try:
@@ -195,29 +194,27 @@ class Worker:
                 if self.metrics is not None:
                     self.metrics.worker_restarts.labels("error").inc()
                 self._stopped.wait(1.0)
-        self._release_next()
         self.finisher.close()
 
     # -- one generation --------------------------------------------------------------------
     def run_once(self) -> bool:
-        """Run the prefetched job(s), or claim and run a job (with compatible ones up to
-        `max_batch`). False when there was nothing to do. With overlap, the videos may still
-        be being finished when this returns (see `wait_finished`)."""
+        """Claim and run a job (with compatible ones up to `max_batch`). False when there
+        was nothing to do. With overlap, the videos may still be being finished when this
+        returns (see `wait_finished`)."""
         if self.life == Life.LOADING and self.generator is not None:
             self._move(Life.READY)      # driven by run_once with its generator set (tests)
         if not self._claims_allowed():
-            self._release_next()
+            self._ahead = None
             return False
-        batch = self._next
         try:
-            if batch is None:
-                self.activity = Activity.CLAIMING
-                batch = self._claim()
-                for held in batch:
-                    held.prepare()
+            self.activity = Activity.CLAIMING
+            batch = self._claim()
+            ahead, self._ahead = self._ahead, None
+            for held in batch:
+                held.prepare(ahead)
             if not batch:
                 return False
-            self.activity, self._next = Activity.GENERATING, None
+            self.activity = Activity.GENERATING
             self._generate(batch)
         finally:
             self.activity = Activity.IDLE
@@ -241,6 +238,7 @@ class Worker:
         try:
             videos = generation.run(ready) if ready else []
         finally:
+            self._say_if_late(ready)
             self._join_prefetch()
             handed = {id(h) for h, _ in videos}
             for held in ready:             # an unexpected error: leave them to their leases
@@ -249,6 +247,14 @@ class Worker:
         for held, _ in videos:
             held.generate_s = time.monotonic() - t0
         self.finisher.submit(videos)       # may wait while the finisher is full
+
+    def _say_if_late(self, batch: list[Held]) -> None:
+        """A job that timed out failed at its deadline, but the worker (and its GPU) could
+        not take another job until the model's call returned: say how long that took."""
+        late = [h for h in batch if h.abort_reason == AbortReason.TIMED_OUT]
+        if late:
+            log.warning(kv(event="worker_free", worker=self.name, jobs=len(late),
+                           after_timeout_s=time.time() - min(h.deadline for h in late)))
 
     # -- claiming --------------------------------------------------------------------------
     def _claim(self) -> list[Held]:
@@ -284,9 +290,9 @@ class Worker:
 
     # -- prefetch (overlap) ----------------------------------------------------------------
     def _start_prefetch(self) -> None:
-        """The last denoising step is done (VAE decode next): claim and decode the next job."""
-        if (not self.cfg.overlap or self._prefetch is not None or self._next is not None
-                or not self._claims_allowed()):
+        """The last denoising step is done (VAE decode next): decode the image of the job
+        the next claim will likely take, leaving it queued."""
+        if not self.cfg.overlap or self._prefetch is not None or not self._claims_allowed():
             return
         self._prefetch = threading.Thread(target=self._prefetch_run, daemon=True,
                                           name=f"prefetch-{self.name}")
@@ -294,24 +300,13 @@ class Worker:
 
     def _prefetch_run(self) -> None:
         try:
-            batch = self._claim()
-        except Exception:                  # the next claim will try again
+            job = self.store.next_queued()
+        except Exception:                  # the claim will read it again
             log.exception("worker %s: prefetch failed", self.name)
             return
-        for held in batch:
-            held.prepare()
-        self._next = batch or None
+        self._ahead = prepare(job) if job is not None else None
 
     def _join_prefetch(self) -> None:
         if self._prefetch is not None:
             self._prefetch.join()
             self._prefetch = None
-
-    def _release_next(self) -> None:
-        """Hand a prefetched, not yet started job (or batch) back to the queue."""
-        batch = self._next
-        for held in batch or []:
-            held.abort_reason = AbortReason.STOPPING
-            self.holder.stopped(held)
-            held.close()
-        self._next = None

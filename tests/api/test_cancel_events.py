@@ -64,7 +64,40 @@ def test_cancel_a_running_job_at_the_next_step_and_the_worker_goes_on(tmp_path):
         nxt = start(client).json()["id"]
         assert wait_done(client, nxt).status_code == 200
         assert_error(client.delete(RESULT + nxt), 409, "generation_finished")
-        assert 'svd_jobs_finished_total{state="cancelled"} 1.0' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'svd_jobs_finished_total{started="true",state="cancelled"} 1.0' in metrics
+        assert 'started="false",state="cancelled"' not in metrics
+
+
+def test_a_job_off_the_gpu_cancels_at_once_and_the_next_one_keeps_its_place(tmp_path):
+    """Overlap: while job A's VAE decode runs, job B's image is decoded ahead; B still shows
+    its queue position, and a cancel of either is done at once, not after the decode."""
+    gen = FakeGenerator(decode_delay=3.0)
+    with running_server(tmp_path, generator=gen) as server, \
+            httpx.Client(base_url=server.url, headers={"authorization": KEY_A}) as client:
+        a, b = (start(client).json()["id"] for _ in range(2))
+        deadline = time.time() + 10
+        while client.get(RESULT + a).json().get("stage") != "decoding":
+            assert time.time() < deadline
+            time.sleep(0.02)
+        t = time.time()
+        while server.app.state.backend.workers[0]._ahead is None:   # B's image decoded
+            assert time.time() - t < 1.5
+            time.sleep(0.02)
+        poll = client.get(RESULT + b)
+        assert poll.status_code == 202
+        assert (poll.json()["stage"], poll.json()["queue_position"]) == ("queued", 1)
+        for job_id in (b, a):
+            assert client.delete(RESULT + job_id).json() == {"id": job_id, "status": "cancelled"}
+            body = assert_error(client.get(RESULT + job_id), 404, "generation_not_found")
+            assert body["errors"] == ["id: the generation was cancelled"]
+        assert time.time() - t < 2.0                   # the decode (3 s) is still running
+        metrics = client.get("/metrics").text
+        assert 'svd_jobs_finished_total{started="false",state="cancelled"} 1.0' in metrics
+        assert 'svd_jobs_finished_total{started="true",state="cancelled"} 1.0' in metrics
+        nxt = start(client).json()["id"]               # the worker goes on
+        assert wait_done(client, nxt).status_code == 200
+    assert len(gen.started) == 2                       # A and the next: B never ran
 
 
 def test_events_stream_progress_then_done_and_resume(tmp_path):
@@ -103,7 +136,9 @@ def test_cancelling_a_queued_job_announces_it_at_once(tmp_path):
             assert client.delete(RESULT + queued).json()["status"] == "cancelled"
             rec.wait(1, timeout=10)
             assert json.loads(rec.received[0][1])["status"] == "cancelled"
-            assert 'svd_jobs_finished_total{state="cancelled"} 1.0' in client.get("/metrics").text
+            metrics = client.get("/metrics").text
+            assert 'svd_jobs_finished_total{started="false",state="cancelled"} 1.0' in metrics
+            assert 'started="true",state="cancelled"' not in metrics
             gen.release.set()
     finally:
         rec.close()

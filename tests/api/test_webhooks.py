@@ -13,6 +13,7 @@ import pytest
 
 from app.jobs.model import Job, JobState, new_job_id
 from app.jobs.memory import MemoryJobStore
+from app.metrics import Metrics
 from app.webhooks import WebhookSender, host_allowed, sign, verify
 from tests.api.test_start import assert_error, start
 from tests.fakes import FakeGenerator
@@ -188,14 +189,16 @@ def test_a_dead_target_does_not_hold_up_another_targets_events(hanging_port):
     assert [store.get(j).webhook_status for j in dead] == ["pending"] * 3   # for housekeeping
 
 
-def test_the_last_failure_is_recorded_without_another_backoff():
-    rec, store = Receiver(fail_first=100), MemoryJobStore()
-    sender = WebhookSender(store, b"k", allow=[f"127.0.0.1:{rec.port}"], attempts=3,
+def test_the_last_failure_is_logged_counted_and_recorded_without_another_backoff(caplog):
+    caplog.set_level(logging.INFO, logger="app.webhooks")
+    rec, store, metrics = Receiver(fail_first=100), MemoryJobStore(), Metrics()
+    sender = WebhookSender(store, b"k", metrics, allow=[f"127.0.0.1:{rec.port}"], attempts=3,
                            base_delay_s=0.4, timeout_s=2).start()
     try:
         job_id = finished_job(store, f"http://127.0.0.1:{rec.port}/x")
         sender.submit(job_id)
         recorded = wait_webhook(store, job_id, "failed")
+        counted = metrics.webhooks.labels("failed")._value.get()
     finally:
         sender.stop()
         rec.close()
@@ -203,6 +206,11 @@ def test_the_last_failure_is_recorded_without_another_backoff():
     assert len(times) == 3 and store.get(job_id).webhook_attempts == 3
     assert times[1] - times[0] >= 0.35 and times[2] - times[1] >= 0.75     # 0.4 s, then 0.8 s
     assert recorded - times[2] < 1.0                   # not after a third backoff (1.6 s)
+    assert counted == 1                                # counted when recorded, not later
+    lines = [r.getMessage() for r in caplog.records if "event=webhook" in r.getMessage()]
+    outcomes = [line.split("outcome=")[1].split()[0] for line in lines]
+    assert outcomes == ["retry", "retry", "failed"]    # the last attempt says so itself
+    assert "attempt=3" in lines[-1] and "status=503" in lines[-1]
 
 
 def test_a_target_removed_from_the_allow_list_is_not_delivered(tmp_path, caplog):

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
+from app.jobs.store import CancelOutcome
 from app.jobs.tables import make_engine, metadata
 
 T0 = 1_000_000.0
@@ -44,6 +45,44 @@ def test_claim_takes_the_oldest_once(store):
     assert a.state == JobState.RUNNING and a.worker == "w1" and a.attempts == 1
     assert a.lease_until == T0 + 35 and a.image == b"png-bytes"
     assert store.claim("w3", T0 + 5, 30) is None
+
+
+def test_next_queued_is_what_claim_would_take_and_leaves_it_queued(store):
+    assert store.next_queued() is None
+    old, new = job(created=T0), job(created=T0 + 1)
+    store.create(new)
+    store.create(old)
+    ahead = store.next_queued()
+    assert ahead.id == old.id and ahead.image == b"png-bytes"
+    assert (store.get(old.id).state, store.get(old.id).attempts) == (JobState.QUEUED, 0)
+    assert store.claim("w1", T0 + 5, 30).id == ahead.id
+    assert store.next_queued().id == new.id
+
+
+def test_cancel_is_at_once_unless_the_job_is_denoising(store):
+    owner = "o" * 64
+    queued, starting, denoising, decoding = (job(created=T0 + i) for i in range(4))
+    for j in (queued, starting, denoising, decoding):
+        store.create(j)
+    assert store.cancel(new_job_id(), owner, T0, T0 + 60) is None            # unknown
+    assert store.cancel(queued.id, "x" * 64, T0, T0 + 60) is None           # not the owner's
+    assert store.cancel(queued.id, owner, T0, T0 + 60) == CancelOutcome.CANCELLED
+    claimed = [store.claim("w", T0, 30) for _ in range(3)]
+    assert [c.id for c in claimed] == [starting.id, denoising.id, decoding.id]
+    assert store.set_progress(claimed[1], 0.5, 3, 4)
+    assert store.set_progress(claimed[2], 0.9, 4, 4)   # the last step is done: VAE decode
+    for j in (starting, denoising):                    # on the GPU: stopped at the next step
+        assert store.cancel(j.id, owner, T0, T0 + 60) == CancelOutcome.REQUESTED
+        got = store.get(j.id)
+        assert got.state == JobState.RUNNING and got.cancel_requested
+    assert store.cancel(decoding.id, owner, T0 + 1, T0 + 61) == CancelOutcome.CANCELLED_RUNNING
+    got = store.get(decoding.id)
+    assert (got.state, got.finished_at, got.expires_at, got.error) == \
+        (JobState.CANCELLED, T0 + 1, T0 + 61, "cancelled by its owner")
+    assert not store.finish(claimed[2], JobState.SUCCEEDED, T0 + 2, T0 + 62)   # late worker
+    assert not store.heartbeat(claimed[2], T0 + 40)
+    assert store.get(decoding.id).state == JobState.CANCELLED
+    assert store.cancel(decoding.id, owner, T0, T0 + 60) == CancelOutcome.FINISHED
 
 
 def test_concurrent_claims_never_share_a_job(store):

@@ -85,6 +85,32 @@ def test_a_hung_generation_times_out(tmp_path):
     assert not results.exists(results.key_for(j.id))
 
 
+def test_a_stuck_call_fails_its_job_at_the_deadline_and_holds_the_worker_until_it_returns(
+        tmp_path, caplog):
+    caplog.set_level("INFO")
+    gen = FakeGenerator()
+    gen.hold = True                                   # the model's call never reaches a step
+    store, _, worker = make(tmp_path, gen, job_timeout_s=0.5, heartbeat_s=0.1)
+    stuck, nxt = add_job(store), add_job(store)
+    runner = threading.Thread(target=run_job, args=(worker,))
+    runner.start()
+    deadline = time.monotonic() + 3
+    while not store.get(stuck.id).state.finished:    # failed at its deadline: at once
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert "timed out" in store.get(stuck.id).error
+    assert "event=timed_out" in caplog.text and "worker_busy=" in caplog.text
+    time.sleep(0.5)
+    assert worker.busy and store.get(nxt.id).state == JobState.QUEUED   # as documented
+    gen.hold = False
+    gen.release.set()                                 # the call returns at last
+    runner.join(5)
+    assert "event=worker_free" in caplog.text and "after_timeout_s=" in caplog.text
+    assert store.get(stuck.id).state == JobState.FAILED     # not overwritten
+    run_job(worker)
+    assert store.get(nxt.id).state == JobState.SUCCEEDED
+
+
 def test_stopping_hands_the_running_job_back(tmp_path):
     gen = FakeGenerator(step_delay=0.05)
     store, _, worker = make(tmp_path, gen)

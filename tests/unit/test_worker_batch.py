@@ -187,12 +187,13 @@ def test_a_job_that_breaks_the_batch_fails_alone(tmp_path, store):
     assert store.get(good1.id).state == store.get(good2.id).state == JobState.SUCCEEDED
 
 
-def test_a_batch_is_prefetched_too(tmp_path, store):
+def test_the_next_batch_is_prefetched_too(tmp_path, store):
     gen = FakeGenerator(decode_delay=0.2)
     worker = make_worker(tmp_path, store, gen, max_batch=2)
     jobs = [add(store, seed=i, created=T0 + i) for i in range(4)]
     assert worker.run_once()
-    assert [store.get(j.id).state for j in jobs[2:]] == [JobState.RUNNING] * 2  # claimed next
+    assert [store.get(j.id).state for j in jobs[2:]] == [JobState.QUEUED] * 2
+    assert worker._ahead.job_id == jobs[2].id             # the next batch's head, decoded
     drain_queue(worker)
     assert [seeds(b) for b in gen.batches] == [[0, 1], [2, 3]]
     assert store.count(JobState.SUCCEEDED) == 4

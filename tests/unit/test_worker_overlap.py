@@ -1,5 +1,6 @@
 """Overlap (SVD_OVERLAP): the generator starts the next job while the last video is encoded
-and stored; the next job is claimed while the current one's last step runs. Real SQLite
+and stored; the next job's image is decoded (the job left queued) while the current one's VAE
+decode runs. Real SQLite
 store, fake generator, real encoder (slowed down where the test needs a long finish)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from app.config import Settings
 from app.jobs import migrate
 from app.jobs.model import Job, JobState, new_job_id
 from app.jobs.sql import SqlJobStore
+from app.jobs.store import CancelOutcome
 from app.jobs.tables import make_engine
 from app.jobs.worker import Worker, WorkerConfig
 from app.runtime import Runtime
@@ -115,15 +117,19 @@ def test_the_lease_is_kept_while_the_video_is_finished(tmp_path, store, slow_enc
 
 
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap-on", "overlap-off"])
-def test_cancel_while_the_video_is_encoded_cancels_it(tmp_path, store, slow_encode, overlap):
-    slow_encode.pause["s"] = 0.5
+def test_cancel_while_the_video_is_encoded_cancels_it_at_once(tmp_path, store, slow_encode,
+                                                               overlap):
+    slow_encode.pause["s"] = 1.0
     worker = make_worker(tmp_path, store, FakeGenerator(), overlap=overlap)
     doomed, other = add_job(store, seed=1, created=1000.0), add_job(store, seed=2, created=1001.0)
     worker.start()
     try:
         assert slow_encode.entered.wait(10)
-        assert store.cancel(doomed.id, "o", time.time(), time.time() + 60) == "requested"
-        wait_for(lambda: store.get(doomed.id).state.finished and store.get(other.id).state.finished)
+        outcome = store.cancel(doomed.id, "o", time.time(), time.time() + 60)
+        assert outcome == CancelOutcome.CANCELLED_RUNNING
+        got = store.get(doomed.id)                   # not after the encode: now
+        assert (got.state, got.error) == (JobState.CANCELLED, "cancelled by its owner")
+        wait_for(lambda: store.get(other.id).state.finished and not worker.busy)
     finally:
         worker.stop()
     got = store.get(doomed.id)
@@ -133,21 +139,57 @@ def test_cancel_while_the_video_is_encoded_cancels_it(tmp_path, store, slow_enco
     assert names == [f"{other.id}.mp4"]              # nothing kept of the cancelled one
 
 
-def prefetched(tmp_path, store, slow_encode):
-    """A worker busy with job A (its VAE decode runs) and job B already claimed for next."""
+def decoding(tmp_path, store, slow_encode, **gen):
+    """A worker busy with job A (its VAE decode runs) and job B queued next, its image
+    decoded ahead."""
     slow_encode.pause["s"] = 0.3
-    gen = FakeGenerator(decode_delay=1.0)
+    gen = FakeGenerator(decode_delay=1.5, **gen)
     worker = make_worker(tmp_path, store, gen)
     a, b = add_job(store, seed=1, created=1000.0), add_job(store, seed=2, created=1001.0)
     worker.start()
-    wait_for(lambda: store.get(b.id).state == JobState.RUNNING)
-    assert len(gen.started) == 1                     # B is claimed, not generating
+    wait_for(lambda: worker._ahead is not None)
+    got = store.get(a.id)
+    assert got.state == JobState.RUNNING and got.step == got.total_steps   # decoding
     return worker, gen, a, b
 
 
-def test_draining_hands_a_prefetched_job_back_and_finishes_the_one_in_hand(tmp_path, store,
-                                                                            slow_encode):
-    worker, gen, a, b = prefetched(tmp_path, store, slow_encode)
+def test_the_job_decoded_ahead_stays_queued_and_cancels_at_once(tmp_path, store, slow_encode):
+    worker, gen, a, b = decoding(tmp_path, store, slow_encode)
+    try:
+        assert worker._ahead.job_id == b.id and worker._ahead.request.seed == 2
+        got = store.get(b.id)
+        assert (got.state, got.attempts) == (JobState.QUEUED, 0)
+        assert store.queue_position(got) == 1
+        assert store.cancel(b.id, "o", time.time(), time.time() + 60) == CancelOutcome.CANCELLED
+        c = add_job(store, seed=3, created=1002.0)
+        wait_for(lambda: store.get(c.id).state.finished)
+    finally:
+        worker.stop()
+    assert store.get(a.id).state == store.get(c.id).state == JobState.SUCCEEDED
+    assert store.get(b.id).state == JobState.CANCELLED
+    assert [seeds for _, seeds in gen.started] == [[1], [3]]    # B never ran
+
+
+def test_cancel_during_the_vae_decode_is_at_once_and_the_worker_goes_on(tmp_path, store,
+                                                                        slow_encode):
+    worker, gen, a, b = decoding(tmp_path, store, slow_encode)
+    try:
+        t = time.monotonic()
+        assert store.cancel(a.id, "o", time.time(), time.time() + 60) == \
+            CancelOutcome.CANCELLED_RUNNING
+        assert store.get(a.id).state == JobState.CANCELLED
+        assert time.monotonic() - t < 0.5            # not after the decode (1.5 s)
+        wait_for(lambda: store.get(b.id).state.finished and not worker.busy)
+    finally:
+        worker.stop()
+    assert store.get(b.id).state == JobState.SUCCEEDED
+    assert store.get(a.id).result_key is None
+    assert sorted(p.name for p in worker.results.root.iterdir()) == [f"{b.id}.mp4"]
+
+
+def test_draining_finishes_the_job_in_hand_and_leaves_the_next_queued(tmp_path, store,
+                                                                      slow_encode):
+    worker, gen, a, b = decoding(tmp_path, store, slow_encode)
     runtime = Runtime(Settings(data_dir=tmp_path), None, None)
     runtime.workers.append(worker)
     runtime.request_shutdown = lambda: None
@@ -156,20 +198,16 @@ def test_draining_hands_a_prefetched_job_back_and_finishes_the_one_in_hand(tmp_p
     assert not worker.busy
     assert store.get(a.id).state == JobState.SUCCEEDED
     got = store.get(b.id)
-    assert (got.state, got.worker, got.attempts) == (JobState.QUEUED, None, 1)   # as release does
+    assert (got.state, got.worker, got.attempts) == (JobState.QUEUED, None, 0)
     assert [seeds for _, seeds in gen.started] == [[1]]
 
-    again = make_worker(tmp_path, store, FakeGenerator())      # and it is not lost
-    run_all(again, store, [b])
-    assert store.get(b.id).state == JobState.SUCCEEDED and store.get(b.id).attempts == 2
 
-
-def test_stopping_hands_a_prefetched_job_back(tmp_path, store, slow_encode):
-    worker, gen, a, b = prefetched(tmp_path, store, slow_encode)
+def test_stopping_leaves_the_next_job_queued(tmp_path, store, slow_encode):
+    worker, gen, a, b = decoding(tmp_path, store, slow_encode)
     worker.stop(timeout=10)
     assert not worker.busy
     assert store.get(a.id).state == JobState.SUCCEEDED      # generated: stored before stopping
-    assert store.get(b.id).state == JobState.QUEUED
+    assert (store.get(b.id).state, store.get(b.id).attempts) == (JobState.QUEUED, 0)
     assert [seeds for _, seeds in gen.started] == [[1]]
 
 
@@ -179,4 +217,4 @@ def test_no_prefetch_without_overlap(tmp_path, store):
     a, b = add_job(store, seed=1, created=1000.0), add_job(store, seed=2, created=1001.0)
     assert worker.run_once()
     assert store.get(a.id).state == JobState.SUCCEEDED
-    assert store.get(b.id).state == JobState.QUEUED
+    assert store.get(b.id).state == JobState.QUEUED and worker._ahead is None
