@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, generator_factory: Callable[[],
     app = FastAPI(title="svd-server: Stable Video Diffusion API", version="v2beta",
                   description="A self-hosted Stability AI image-to-video API.",
                   lifespan=lifespan, docs_url=None, redoc_url=None,   # /docs: app/api/docs.py
+                  openapi_url=None,                                   # so is /openapi.json
                   redirect_slashes=False)    # never a Location built from the Host header
     app.state.settings = settings
     app.state.runtime = runtime

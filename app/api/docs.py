@@ -9,11 +9,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 router = APIRouter(include_in_schema=False)
 
 DOCS_URL = "/docs"
+OPENAPI_URL = "/openapi.json"
 SWAGGER_DIR = Path(str(files("fastapi_offline") / "static"))
 OUR_STATIC = Path(__file__).resolve().parent.parent / "static"
 # URL name under /docs/ -> (file, content type). Only these; nothing else of either folder.
@@ -58,8 +59,15 @@ async def docs_page(request: Request) -> HTMLResponse:
     app = request.app
     page = PAGE.format(title=html.escape(f"{app.title} - Swagger UI"),
                        base=html.escape(root + DOCS_URL),
-                       openapi_url=html.escape(root + (app.openapi_url or "/openapi.json")))
+                       openapi_url=html.escape(root + OPENAPI_URL))
     return HTMLResponse(page, headers={"content-security-policy": DOCS_CSP})
+
+
+# A route of ours rather than FastAPI's built-in one (a plain Starlette route, which the
+# request metrics would label `unmatched`).
+@router.get(OPENAPI_URL)
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
 
 
 def _asset_route(name: str, path: Path, media_type: str):

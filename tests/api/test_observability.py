@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 
+import time
+
 import httpx
 
 from tests.api.test_start import assert_error, start
@@ -62,6 +64,26 @@ def test_metrics_count_requests_jobs_phases_and_videos(client):
         assert f'svd_job_phase_seconds_count{{phase="{phase}"}} 1.0' in text
     assert "svd_worker_restarts_total" in text or "svd_worker_restarts" in text
     assert KEY_A not in text
+
+
+def test_every_served_page_has_its_route_label_and_only_404s_are_unmatched(client):
+    pages = ("/docs", "/openapi.json", "/docs/swagger-ui.css", "/healthz")
+    for path in pages:
+        assert client.get(path).status_code == 200
+    assert client.get("/no/such/page").status_code == 404
+
+    def counted() -> list[str]:
+        return [line for line in client.get("/metrics").text.splitlines()
+                if line.startswith("svd_http_requests_total{")]
+
+    # A request is counted once its response is sent: a file's last chunk may reach the
+    # client a moment before that.
+    deadline = time.monotonic() + 5
+    while not all(any(f'route="{p}",status="200"' in line for line in counted()) for p in pages):
+        assert time.monotonic() < deadline, counted()
+        time.sleep(0.05)
+    unmatched = [line for line in counted() if 'route="unmatched"' in line]
+    assert unmatched and all('status="404"' in line for line in unmatched)
 
 
 def test_keys_never_reach_the_logs(tmp_path, caplog):

@@ -121,6 +121,17 @@ def test_unknown_fields_are_ignored(client):
     assert start(client, data={"seed": "3", "style": "anime", "width": "99"}).status_code == 200
 
 
+def test_at_most_64_text_fields_of_64_kib_each_as_the_readme_says(client, server):
+    before = total_jobs(server)
+    assert start(client, data={f"extra{i}": "1" for i in range(64)}).status_code == 200
+    body = assert_error(start(client, data={f"extra{i}": "1" for i in range(65)}), 400,
+                        "bad_request")
+    assert "Maximum number of fields is 64" in body["errors"][0]
+    body = assert_error(start(client, data={"style": "x" * (64 * 1024 + 1)}), 400, "bad_request")
+    assert "64KB" in body["errors"][0]
+    assert total_jobs(server) == before + 1
+
+
 def test_jpeg_is_accepted_and_a_png_named_jpeg_too(client):
     r = client.post(URL, files={"image": ("photo.png", jpeg_bytes(), "image/png")})
     assert r.status_code == 200

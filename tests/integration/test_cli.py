@@ -341,6 +341,10 @@ def test_remote_asks_for_the_format_only_beyond_mp4(tmp_path, monkeypatch, suffi
                                       ".gif": "image/gif"}[suffix]
 
 
+DOCTOR_CHECKS = ["python", "torch", "CUDA", "model", "weights", "speed", "encoder", "database",
+                 "data dir", "disk", "API keys"]
+
+
 @pytest.mark.parametrize("key_from", ["env", "file"])
 def test_doctor_reports_without_leaking_keys(tmp_path, key_from):
     data = tmp_path / "data"
@@ -356,9 +360,12 @@ def test_doctor_reports_without_leaking_keys(tmp_path, key_from):
     text = run.stdout + run.stderr
     assert run.returncode in (0, 1), text
     assert (run.returncode == 1) == ("[FAIL]" in run.stdout)
-    for name in ("python", "torch", "CUDA", "model", "weights", "speed", "encoder", "database",
-                 "data dir", "disk", "API keys"):
-        assert re.search(rf"^\[(?: OK |WARN|FAIL)\] {name}\b", run.stdout, re.M), (name, text)
+    checks = re.findall(r"^\[(?: OK |WARN|FAIL)\] (\S+(?: \S+)?)\s{2,}", run.stdout, re.M)
+    assert checks == DOCTOR_CHECKS, text            # the machine has no GPU: no GPU line
+    # The sample in docs/extensions.md shows the same checks, in order, a GPU's included.
+    doc = (ROOT / "docs" / "extensions.md").read_text().split("$ svd-server doctor\n")[1]
+    sample = re.findall(r"^\[ OK \] (\S+(?: \S+)?)\s{2,}", doc.split("```")[0], re.M)
+    assert sample == DOCTOR_CHECKS[:3] + ["GPU"] + DOCTOR_CHECKS[3:]
     assert secret not in text and "other-secret-key" not in text
     if key_from == "file":
         assert "schema at head" in run.stdout and "(mode 0600)" in run.stdout
